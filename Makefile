@@ -1,0 +1,43 @@
+# rerank-eval. `make` alone prints this help.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help venv bench test test-all lint perf report ui clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,cohere,anthropic]"
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv and install the project (CPU torch by default: TORCH_SPEC=torch for CUDA)
+
+bench: venv  ## the standard offline study: MLflow runs, results/bench.md and results/bench.png
+	$(PY) -m rerank_eval.bench
+
+test: venv  ## the test suite (slow checks excluded)
+	$(PY) -m pytest -q
+
+test-all: venv  ## every test, slow ones included
+	$(PY) -m pytest -q -m ""
+
+lint: venv  ## ruff
+	$(VENV)/bin/ruff check rerank_eval tests
+
+perf: venv  ## throughput benchmark: results/perf.md
+	$(PY) -m rerank_eval.perf
+
+ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove outputs and caches (keeps .venv and the MLflow store)
+	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

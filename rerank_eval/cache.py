@@ -1,0 +1,95 @@
+"""Persistent score cache: a reranker never scores the same (reranker identity, query, document) twice.
+
+One SQLite file (WAL mode, so parallel jobs can write at once). Keys are hashes of the texts, not of ids, so a
+query-document pair met again in another dataset or at another depth is a hit. Each row also keeps what the
+score cost to compute (ms), so a run served from the cache still reports the latency it would have had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (
+    reranker TEXT NOT NULL, query TEXT NOT NULL, doc TEXT NOT NULL, score REAL NOT NULL, cost_ms REAL NOT NULL,
+    PRIMARY KEY (reranker, query, doc)
+) WITHOUT ROWID
+"""
+
+
+def text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class ScoreCache:
+    """Scores keyed by (reranker identity, query text, document text).
+
+    Args:
+        path: the SQLite file; its folder is created.
+        enabled: when False every lookup misses and nothing is stored.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.enabled = bool(enabled)
+        self.path = Path(path).expanduser()
+        self._conn: sqlite3.Connection | None = None
+        if self.enabled:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(SCHEMA)
+            except (sqlite3.Error, OSError) as e:
+                raise ConfigError(f"cannot open the score cache {self.path} ({e}); set cache.path to a writable "
+                                  "file or cache.enabled=false") from None
+
+    def get(self, reranker: str, query: str, docs: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """Cached ``(score, cost_ms)`` by document key for the documents that have one."""
+        if self._conn is None or not docs:
+            return {}
+        q = text_key(query)
+        keys = list({text_key(d) for d in docs})
+        out: dict[str, tuple[float, float]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._conn.execute(
+                f"SELECT doc, score, cost_ms FROM scores WHERE reranker=? AND query=? AND doc IN "
+                f"({','.join('?' * len(chunk))})", [reranker, q, *chunk]).fetchall()
+            out.update({d: (s, c) for d, s, c in rows})
+        return out
+
+    def put(self, reranker: str, query: str, docs: Sequence[str], scores: Sequence[float], cost_ms: float) -> None:
+        """Store the scores of one scoring call; its cost is shared evenly among its documents."""
+        if self._conn is None or not docs:
+            return
+        q, each = text_key(query), cost_ms / len(docs)
+        rows = [(reranker, q, text_key(d), float(s), each) for d, s in zip(docs, scores, strict=True)]
+        for attempt in range(5):
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?)", rows)
+                return
+            except sqlite3.OperationalError:  # locked by a parallel writer past the timeout: wait and retry
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    def count(self, reranker: str | None = None) -> int:
+        if self._conn is None:
+            return 0
+        if reranker is None:
+            return self._conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM scores WHERE reranker=?", [reranker]).fetchone()[0]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,126 @@
+"""Thin entry points: Hydra composes the config, plain functions do the work.
+
+Input mistakes (``RerankEvalError``, a missing mandatory config value) print one line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, RerankEvalError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger("rerank_eval")
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn input mistakes into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+        try:
+            return fn(*args, **kwargs)
+        except RerankEvalError as e:
+            print(f"rerank-eval: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except MissingMandatoryValue as e:
+            key = getattr(e, "full_key", None) or str(e)
+            print(f"rerank-eval: error: {key} is required; pass {key}=<value> on the command line", file=sys.stderr)
+            sys.exit(2)
+        except OmegaConfBaseException as e:
+            print(f"rerank-eval: error: bad config: {str(e).splitlines()[0]}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def resolved_config(cfg: Any) -> dict:
+    """The job's config as plain data, without Hydra's own section."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    plain.pop("hydra", None)
+    return plain
+
+
+def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_id: str | None = None):
+    """Build the objects a composed config names and run one job (see ``experiment.run_experiment``)."""
+    import yaml
+
+    from .cache import ScoreCache
+    from .config import build_components, flatten
+    from .engine import cache_root
+    from .evaluation import parse_metrics
+    from .experiment import run_experiment
+    from .pipeline import check_depths
+    from .tracking import Tracker
+
+    plain = resolved_config(cfg)
+    check_depths(plain["candidates"], plain["top_k"])
+    metrics = parse_metrics(plain["metrics"])
+    if plain.get("significance") not in ("student", "fisher"):
+        raise ConfigError(f"significance must be student or fisher, got {plain.get('significance')!r}")
+    comps = build_components(cfg)
+    cache_cfg = plain.get("cache") or {}
+    cache = ScoreCache(cache_cfg.get("path") or cache_root() / "scores.sqlite", cache_cfg.get("enabled", True))
+    if tracker is None and plain.get("mlflow", {}).get("enabled", True):
+        tracker = Tracker(plain["mlflow"].get("experiment", "rerank-eval"))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    try:
+        return run_experiment(comps.dataset, comps.retriever, comps.reranker, candidates=plain["candidates"],
+                              top_k=plain["top_k"], metrics=metrics, output_dir=out, cache=cache, tracker=tracker,
+                              config=plain, significance=plain["significance"], params=flatten(plain),
+                              parent_run_id=parent_run_id, progress=plain.get("progress", True))
+    finally:
+        cache.close()
+
+
+def _setup_logging() -> None:
+    for name in ("httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_group_choices(argv: list[str], conf_dir: str = CONF_DIR) -> None:
+    """Refuse an unknown ``group=option`` (e.g. ``dataset=scifactt``) in one line that lists the choices."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+~")
+        folder = Path(conf_dir) / group
+        if not sep or "." in group or not folder.is_dir():
+            continue
+        choices = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in value.split(","):  # a sweep lists several
+            if option not in choices:
+                raise ConfigError(f"unknown {group} {option!r}; choose {group}= one of: {', '.join(choices)}")
+
+
+@friendly_errors
+def main() -> None:
+    """``python -m rerank_eval [overrides]``: one job, or a sweep with ``-m``."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    _setup_logging()
+    check_group_choices(sys.argv[1:])
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    @friendly_errors
+    def _job(cfg) -> float:
+        res = run_from_config(cfg, HydraConfig.get().runtime.output_dir)
+        key = "ndcg@10" if "ndcg@10" in res.metrics else next(iter(res.metrics))
+        print(f"{res.name}: {key}={res.metrics[key]:.4f} (first stage {res.first_stage[key]:.4f}, "
+              f"p={res.pvalues[key]:.3g}); reranker {res.latency['reranker_ms_mean']:.1f} ms/query; "
+              f"results in {res.output_dir}")
+        return res.metrics[key]
+
+    _job()

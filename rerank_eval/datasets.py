@@ -1,0 +1,306 @@
+"""Datasets: an ir_datasets id or a local BEIR-format folder behind one small interface.
+
+A local folder holds ``corpus.jsonl[.gz]`` (``{"_id", "title", "text"}`` a line), ``queries.jsonl``
+(``{"_id", "text"}``) and ``qrels/<split>.tsv`` (``query-id  corpus-id  score`` with a header). Both paths give
+the same records: ``Query(query_id, text)``, ``Doc(doc_id, text, title)`` and graded qrels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+from .errors import ConfigError, DataError
+from .types import Doc, Qrels, Query
+
+DATA_ENV = "RERANK_EVAL_DATA"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Dataset(Protocol):
+    name: str
+    relevance_level: int
+
+    def queries(self) -> list[Query]: ...
+    def qrels(self) -> Qrels: ...
+    def docs(self, doc_ids: Sequence[str]) -> dict[str, Doc]: ...
+    def corpus(self) -> Iterable[Doc]: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
+    lineno = 0
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); fix or remove that line") from None
+                if not isinstance(obj, dict) or any(k not in obj for k in required):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with keys {list(required)}; fix that line")
+                yield obj
+    except UnicodeDecodeError:
+        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8; re-encode the file as UTF-8") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: truncated or corrupt gzip ({e}); download or copy the file again") from None
+
+
+class BeirDirDataset:
+    """A BEIR-format folder on disk. Queries are those judged in ``qrels/<split>.tsv``."""
+
+    def __init__(self, path: str | Path, split: str = "test", name: str | None = None, relevance_level: int = 1):
+        self.path = Path(path)
+        self.split = split
+        self.name = name or self.path.name
+        self.relevance_level = int(relevance_level)
+        if not self.path.is_dir():
+            raise DataError(
+                f"dataset folder {self.path} does not exist; pass dataset.path=<BEIR folder> "
+                f"or set {DATA_ENV} to the folder that holds it"
+            )
+        self._corpus_file = next(
+            (p for p in (self.path / "corpus.jsonl", self.path / "corpus.jsonl.gz") if p.is_file()), None
+        )
+        if self._corpus_file is None:
+            raise DataError(f"{self.path} has no corpus.jsonl or corpus.jsonl.gz; is it a BEIR-format folder?")
+        self._qrels_file = self.path / "qrels" / f"{split}.tsv"
+        if not self._qrels_file.is_file():
+            have = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
+            raise DataError(f"{self.path} has no qrels for split '{split}'; available splits: {have or 'none'}")
+
+    def __repr__(self) -> str:
+        return f"BeirDirDataset({str(self.path)!r}, split={self.split!r})"
+
+    @cached_property
+    def _docs(self) -> dict[str, Doc]:
+        docs: dict[str, Doc] = {}
+        for obj in _read_jsonl(self._corpus_file, ("_id", "text")):
+            doc_id = str(obj["_id"])
+            if doc_id in docs:
+                raise DataError(f"{self._corpus_file}: document id {doc_id!r} appears twice; ids must be unique")
+            docs[doc_id] = Doc(doc_id, str(obj["text"] or ""), str(obj.get("title") or ""))
+        if not docs:
+            raise DataError(f"{self._corpus_file} holds no documents")
+        return docs
+
+    @cached_property
+    def _qrels(self) -> Qrels:
+        qrels: Qrels = {}
+        with self._qrels_file.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.rstrip("\n").split("\t")
+                if lineno == 1 and parts[0] == "query-id":
+                    continue
+                if not line.strip():
+                    continue
+                if len(parts) != 3:
+                    raise DataError(f"{self._qrels_file}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'")
+                try:
+                    grade = int(float(parts[2]))
+                except ValueError:
+                    raise DataError(f"{self._qrels_file}:{lineno}: score {parts[2]!r} is not a number") from None
+                qrels.setdefault(parts[0], {})[parts[1]] = grade
+        if not qrels:
+            raise DataError(f"{self._qrels_file} holds no judgements")
+        return qrels
+
+    def queries(self) -> list[Query]:
+        judged = self._qrels
+        out = [
+            Query(str(o["_id"]), str(o["text"]))
+            for o in _read_jsonl(self.path / "queries.jsonl", ("_id", "text"))
+            if str(o["_id"]) in judged
+        ]
+        missing = judged.keys() - {q.query_id for q in out}
+        if missing:
+            raise DataError(
+                f"qrels/{self.split}.tsv judges queries that queries.jsonl lacks: {sorted(missing)[:3]}; "
+                "add them or remove their judgements"
+            )
+        return out
+
+    def qrels(self) -> Qrels:
+        return self._qrels
+
+    def docs(self, doc_ids: Sequence[str]) -> dict[str, Doc]:
+        return _lookup(self._docs, doc_ids, self.name)
+
+    def corpus(self) -> Iterable[Doc]:
+        return self._docs.values()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        with self._corpus_file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
+
+
+def _lookup(store, doc_ids: Sequence[str], name: str) -> dict[str, Doc]:
+    out, missing = {}, []
+    for d in doc_ids:
+        doc = store.get(d)
+        if doc is None:
+            missing.append(d)
+        else:
+            out[d] = doc
+    if missing:
+        raise DataError(
+            f"{len(missing)} document id(s) are not in the {name} corpus, e.g. {missing[:3]}; "
+            "does the run file belong to this dataset?"
+        )
+    return out
+
+
+class IrDatasetsDataset:
+    """A dataset through its ir_datasets id (downloads on first use, then reads ir_datasets' own cache)."""
+
+    def __init__(self, irds_id: str, name: str | None = None, relevance_level: int = 1):
+        try:
+            import ir_datasets
+        except ImportError as e:  # pragma: no cover - a core dependency
+            raise DataError("ir_datasets is not installed; pip install ir-datasets") from e
+        try:
+            self._ds = ir_datasets.load(irds_id)
+        except KeyError:
+            raise ConfigError(f"unknown ir_datasets id {irds_id!r}; see https://ir-datasets.com for the ids") from None
+        self.irds_id = irds_id
+        self.name = name or irds_id
+        self.relevance_level = int(relevance_level)
+
+    def __repr__(self) -> str:
+        return f"IrDatasetsDataset({self.irds_id!r})"
+
+    def _guard(self, what: str):
+        return _IrdsGuard(self.irds_id, what)
+
+    def queries(self) -> list[Query]:
+        judged = self.qrels()
+        with self._guard("queries"):
+            out = []
+            for q in self._ds.queries_iter():
+                text = getattr(q, "text", None) or getattr(q, "title", "")
+                if q.query_id in judged:
+                    out.append(Query(q.query_id, text))
+        return out
+
+    @cached_property
+    def _qrels(self) -> Qrels:
+        qrels: Qrels = {}
+        with self._guard("qrels"):
+            for r in self._ds.qrels_iter():
+                qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+        return qrels
+
+    def qrels(self) -> Qrels:
+        return self._qrels
+
+    def docs(self, doc_ids: Sequence[str]) -> dict[str, Doc]:
+        with self._guard("documents"):
+            found = self._ds.docs_store().get_many(list(doc_ids))
+        return _lookup({k: _irds_doc(v) for k, v in found.items()}, doc_ids, self.name)
+
+    def corpus(self) -> Iterable[Doc]:
+        with self._guard("documents"):
+            for d in self._ds.docs_iter():
+                yield _irds_doc(d)
+
+    @property
+    def fingerprint(self) -> str:
+        import ir_datasets
+
+        return hashlib.sha256(ir_datasets.docs_parent_id(self.irds_id).encode()).hexdigest()[:16]
+
+
+def _irds_doc(d) -> Doc:
+    return Doc(d.doc_id, getattr(d, "text", "") or getattr(d, "body", "") or "", getattr(d, "title", "") or "")
+
+
+class _IrdsGuard:
+    def __init__(self, irds_id: str, what: str):
+        self.irds_id, self.what = irds_id, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and isinstance(exc, OSError | ConnectionError):
+            raise DataError(
+                f"could not fetch the {self.what} of {self.irds_id} through ir_datasets ({exc}); offline, point "
+                f"dataset.path (or {DATA_ENV}) at a local BEIR-format copy"
+            ) from exc
+        return False
+
+
+def local_folder(folder: str | None, path: str | None) -> Path | None:
+    """Where a dataset's local copy is: ``path`` if given, else ``$RERANK_EVAL_DATA/<folder>``, else
+    ``<project>/../shared/data/<folder>``; None when no such folder exists."""
+    if path:
+        return Path(path).expanduser()
+    if not folder:
+        return None
+    roots = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
+    roots.append(PROJECT_ROOT.parent / "shared" / "data")
+    for root in roots:
+        if (root / folder).is_dir():
+            return root / folder
+    return None
+
+
+def load_dataset(
+    name: str,
+    irds_id: str | None = None,
+    folder: str | None = None,
+    path: str | None = None,
+    split: str = "test",
+    relevance_level: int = 1,
+    source: str = "auto",
+) -> Dataset:
+    """Open a dataset from its config.
+
+    Args:
+        name: short name used in logs and results.
+        irds_id: the ir_datasets id of the same collection and split.
+        folder: the folder name under the data root (``$RERANK_EVAL_DATA`` or ``../shared/data``).
+        path: an explicit BEIR-format folder; wins over ``folder``.
+        split: the qrels split of a local folder.
+        relevance_level: the lowest grade binary metrics (MAP, MRR, recall) count as relevant.
+        source: ``auto`` (local copy when there is one, else ir_datasets), ``local`` or ``irds``.
+
+    Raises:
+        ConfigError: unknown ``source`` or nothing to load from.
+        DataError: the folder or the data in it is missing or malformed.
+    """
+    if source not in ("auto", "local", "irds"):
+        raise ConfigError(f"dataset.source must be auto, local or irds, got {source!r}")
+    if int(relevance_level) < 1:
+        raise ConfigError(f"dataset.relevance_level must be >= 1, got {relevance_level}")
+    if source != "irds":
+        local = local_folder(folder, path)
+        if local is not None or source == "local":
+            if local is None:
+                raise DataError(
+                    f"no local copy of {name}: set dataset.path=<BEIR folder> or {DATA_ENV}=<folder holding {folder}/>"
+                )
+            return BeirDirDataset(local, split=split, name=name, relevance_level=relevance_level)
+    if not irds_id:
+        raise ConfigError(f"dataset {name} has neither a local folder nor an ir_datasets id; set dataset.path=...")
+    return IrDatasetsDataset(irds_id, name=name, relevance_level=relevance_level)

@@ -1,0 +1,17 @@
+"""Errors a user can act on. Each message says what was expected, what was found, and the fix."""
+
+
+class RerankEvalError(Exception):
+    """Base class: the CLI prints these as one line and exits with status 2."""
+
+
+class ConfigError(RerankEvalError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class DataError(RerankEvalError):
+    """A dataset, run file or corpus is missing or malformed."""
+
+
+class BackendUnavailableError(RerankEvalError):
+    """An optional package, model or API key is missing."""

@@ -1,0 +1,133 @@
+"""Metrics through ranx: metric strings parsed once, per-query values, paired significance tests.
+
+Binary metrics (MAP, MRR, recall, precision, ...) count a document relevant when its grade reaches the
+dataset's ``relevance_level`` (TREC DL: 2); nDCG uses the graded judgements with linear gain (trec_eval's).
+``judged@k`` is the share of the top k that has any judgement: low values mean a run is under-rated.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .types import Qrels, Ranking
+
+DEFAULT_METRICS = ("ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr@10", "recall@100", "map@100", "judged@10")
+GRADED = {"ndcg", "ndcg_burges", "dcg", "dcg_burges"}
+BINARY = {"map", "mrr", "recall", "precision", "hit_rate", "hits", "f1", "r-precision", "bpref"}
+_PATTERN = re.compile(r"^([a-z_\-]+?)(?:@(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric, parsed from its config string (``ndcg@10``)."""
+
+    name: str  # the config string, normalised
+    measure: str
+    k: int | None
+
+    def ranx(self, relevance_level: int) -> str:
+        """The ranx metric string, with the dataset's relevance level for binary metrics (``map@100-l2``)."""
+        if self.measure in BINARY and relevance_level > 1:
+            return f"{self.name}-l{relevance_level}"
+        return self.name
+
+    @property
+    def key(self) -> str:
+        """The MLflow-safe key (MLflow refuses ``@``): ``ndcg@10`` -> ``ndcg_at_10``."""
+        return metric_key(self.name)
+
+
+def metric_key(name: str) -> str:
+    """The one map from a metric name to an MLflow metric key."""
+    return name.replace("@", "_at_").replace("-", "_")
+
+
+def parse_metrics(names: Sequence[str]) -> list[Metric]:
+    """Parse metric strings once; unknown measures and bad cutoffs raise ConfigError."""
+    out, seen = [], set()
+    for raw in names:
+        s = str(raw).strip().lower()
+        m = _PATTERN.match(s)
+        if not m or (m.group(1) not in GRADED | BINARY | {"judged"}):
+            known = ", ".join(sorted(GRADED | BINARY | {"judged"}))
+            raise ConfigError(f"unknown metric {raw!r}; use measure@k with a measure from: {known}")
+        k = int(m.group(2)) if m.group(2) else None
+        if k is not None and k <= 0:
+            raise ConfigError(f"metric {raw!r}: the cutoff must be positive")
+        if m.group(1) == "judged" and k is None:
+            raise ConfigError("judged needs a cutoff, e.g. judged@10")
+        if s not in seen:
+            seen.add(s)
+            out.append(Metric(s, m.group(1), k))
+    if not out:
+        raise ConfigError("no metrics configured; set metrics=[ndcg@10, ...]")
+    return out
+
+
+def judged_at(qrels: Qrels, ranking: Ranking, k: int) -> dict[str, float]:
+    """Share of each query's top k that carries a judgement (any grade, 0 included)."""
+    out = {}
+    for q, judged in qrels.items():
+        top = ranking.get(q, [])[:k]
+        out[q] = sum(d.doc_id in judged for d in top) / k
+    return out
+
+
+def evaluate(qrels: Qrels, ranking: Ranking, metrics: Sequence[Metric], relevance_level: int = 1) -> pd.DataFrame:
+    """Per-query metric values: one row per judged query (those a run misses score 0), one column per metric.
+
+    The order evaluated is the ranking's own order (rank-derived scores go to ranx), so ties are never re-broken.
+    """
+    from ranx import Qrels as RQrels
+    from ranx import Run, evaluate as ranx_evaluate
+
+    queries = sorted(qrels)
+    frame = pd.DataFrame(index=pd.Index(queries, name="query_id"), dtype=float)
+    run = {q: {d.doc_id: float(len(hits) - i) for i, d in enumerate(hits)}
+           for q, hits in ranking.items() if q in qrels and hits}
+    ranx_metrics = [m for m in metrics if m.measure != "judged"]
+    if ranx_metrics and run:
+        r = Run(run)
+        names = [m.ranx(relevance_level) for m in ranx_metrics]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ranx_evaluate(RQrels(qrels), r, names, make_comparable=True)
+        for m, name in zip(ranx_metrics, names, strict=True):
+            frame[m.name] = pd.Series(r.scores[name], dtype=float)
+    for m in metrics:
+        if m.measure == "judged":
+            frame[m.name] = pd.Series(judged_at(qrels, ranking, m.k), dtype=float)
+        elif m.name not in frame:
+            frame[m.name] = 0.0
+    return frame[[m.name for m in metrics]].fillna(0.0)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], method: str = "student", n_resamples: int = 10000,
+                seed: int = 42) -> float:
+    """Two-sided p-value of a paired test between per-query values of two runs over the same queries.
+
+    Args:
+        method: ``student`` (paired t-test) or ``fisher`` (randomization test, sign flips of the differences).
+    """
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired test needs runs over the same queries, got {x.shape} and {y.shape}")
+    d = x - y
+    if len(d) < 2 or np.allclose(d, 0):
+        return 1.0
+    if method == "student":
+        return float(stats.ttest_rel(x, y).pvalue)
+    if method == "fisher":
+        res = stats.permutation_test((x, y), lambda u, v: np.mean(u - v), permutation_type="samples",
+                                     n_resamples=n_resamples, alternative="two-sided", random_state=seed)
+        return float(res.pvalue)
+    raise ConfigError(f"unknown significance test {method!r}; use student or fisher")

@@ -1,0 +1,129 @@
+"""One job, from built objects to written and tracked results. No Hydra here: usable from Python and notebooks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cache import ScoreCache
+from .datasets import Dataset
+from .evaluation import Metric, evaluate, paired_test
+from .pipeline import PipelineResult, run_pipeline
+from .rerankers import Reranker
+from .retrievers import Retriever
+from .tracking import Tracker
+from .types import Ranking
+
+log = logging.getLogger("rerank_eval")
+
+
+@dataclass
+class JobResult:
+    name: str
+    metrics: dict[str, float]  # reranked pipeline, by metric name
+    first_stage: dict[str, float]
+    pvalues: dict[str, float]  # paired test of reranked vs first stage, by metric name
+    latency: dict[str, float]
+    per_query: pd.DataFrame
+    output_dir: Path
+    run_id: str | None = None
+    counts: dict[str, float] = field(default_factory=dict)
+
+
+def fingerprint(config: Mapping) -> str:
+    """A stable hash of a resolved config (what makes two jobs the same job)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
+    """Write a TREC run file atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for q in sorted(ranking):
+            for rank, d in enumerate(ranking[q], 1):
+                f.write(f"{q} Q0 {d.doc_id} {rank} {d.score:.6f} {tag}\n")
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def latency_stats(prefix: str, ms: Mapping[str, float]) -> dict[str, float]:
+    values = np.fromiter(ms.values(), dtype=float) if ms else np.zeros(1)
+    return {f"{prefix}_ms_mean": float(values.mean()), f"{prefix}_ms_p50": float(np.percentile(values, 50)),
+            f"{prefix}_ms_p95": float(np.percentile(values, 95))}
+
+
+def run_experiment(dataset: Dataset, retriever: Retriever, reranker: Reranker | None, *, candidates: int,
+                   top_k: int, metrics: Sequence[Metric], output_dir: str | Path, cache: ScoreCache | None = None,
+                   tracker: Tracker | None = None, config: Mapping | None = None, significance: str = "student",
+                   name: str | None = None, params: Mapping[str, str] | None = None,
+                   parent_run_id: str | None = None, progress: bool = True) -> JobResult:
+    """Run, evaluate, write and track one pipeline.
+
+    Writes into ``output_dir``: ``run.trec`` (the reranked candidates), ``first_stage.trec``, ``per_query.csv``
+    and, last, ``metrics.json``: a folder without ``metrics.json`` is an unfinished job.
+
+    Returns:
+        JobResult with mean metrics, first-stage metrics, p-values, latencies and the MLflow run id.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rr_name = reranker.name if reranker is not None else "none"
+    name = name or f"{dataset.name}/{retriever.name}/{rr_name}@{candidates}"
+    t0 = time.perf_counter()
+    res: PipelineResult = run_pipeline(dataset, retriever, reranker, candidates, top_k, cache=cache,
+                                       progress=progress)
+    wall = time.perf_counter() - t0
+
+    qrels = dataset.qrels()
+    per_query = evaluate(qrels, res.reranked, metrics, dataset.relevance_level)
+    first = evaluate(qrels, res.first_stage, metrics, dataset.relevance_level)
+    means = per_query.mean().to_dict()
+    first_means = first.mean().to_dict()
+    pvalues = {m.name: paired_test(per_query[m.name], first[m.name], significance) for m in metrics}
+
+    latency = {**latency_stats("first_stage", res.first_stage_ms), **latency_stats("reranker", res.rerank_ms)}
+    counts = {"queries": float(len(per_query)), "pairs_scored": float(res.pairs_scored),
+              "pairs_cached": float(res.pairs_cached), "index_s": res.index_s, "wall_s": wall}
+
+    write_trec(res.reranked, out / "run.trec", tag=rr_name)
+    write_trec(res.first_stage, out / "first_stage.trec", tag=retriever.name)
+    table = per_query.add_prefix("reranked.").join(first.add_prefix("first_stage."))
+    _write_atomic(out / "per_query.csv", table.to_csv())
+    summary = {"name": name, "metrics": means, "first_stage": first_means, "pvalues": pvalues,
+               "significance": significance, "latency": latency, "counts": counts,
+               "fingerprint": fingerprint(config or {}), "config": config or {}}
+
+    run_id = None
+    if tracker is not None:
+        mlflow_metrics = {}
+        for m in metrics:
+            mlflow_metrics[m.key] = means[m.name]
+            mlflow_metrics[f"first_stage_{m.key}"] = first_means[m.name]
+            mlflow_metrics[f"delta_{m.key}"] = means[m.name] - first_means[m.name]
+            mlflow_metrics[f"pvalue_{m.key}"] = pvalues[m.name]
+        mlflow_metrics.update(latency)
+        mlflow_metrics.update(counts)
+        tags = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "retriever": retriever.name,
+                "reranker": rr_name, "reranker_identity": getattr(reranker, "identity", "none"),
+                "fingerprint": summary["fingerprint"], "significance_test": significance}
+        artifacts = [out / "run.trec", out / "first_stage.trec", out / "per_query.csv", out / "config.yaml",
+                     out / ".hydra"]
+        run_id = tracker.log_job(name, params or {}, mlflow_metrics, tags, artifacts, parent_run_id=parent_run_id)
+        summary["mlflow_run_id"] = run_id
+    _write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
+    log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
+    return JobResult(name, means, first_means, pvalues, latency, per_query, out, run_id, counts)

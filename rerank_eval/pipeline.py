@@ -1,0 +1,126 @@
+"""Retrieve, cut to the candidate depth, fetch texts, rerank (through the cache), cut to top_k.
+
+The one place that sorts and cuts. Reranker ties break by first-stage rank; scores stay fp32.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import ScoreCache, text_key
+from .datasets import Dataset
+from .errors import ConfigError
+from .ranking import top_k as cut
+from .rerankers import Reranker
+from .retrievers import Retriever
+from .types import Query, Ranking
+
+
+@dataclass
+class PipelineResult:
+    first_stage: Ranking  # first-stage lists cut to the candidate depth
+    reranked: Ranking  # the same candidates in the reranker's order (== first_stage without a reranker)
+    final: Ranking  # reranked cut to top_k: what a consumer (a RAG prompt) receives
+    first_stage_ms: dict[str, float] = field(default_factory=dict)
+    rerank_ms: dict[str, float] = field(default_factory=dict)
+    index_s: float = 0.0
+    pairs_scored: int = 0
+    pairs_cached: int = 0
+
+
+def check_depths(candidates: int, top_k: int) -> None:
+    """Raises ConfigError unless 0 < top_k <= candidates."""
+    for name, v in (("candidates", candidates), ("top_k", top_k)):
+        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if top_k > candidates:
+        raise ConfigError(f"top_k ({top_k}) is larger than candidates ({candidates}); the final list is cut from "
+                          f"the reranked candidates, so set candidates>={top_k} or top_k<={candidates}")
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="q", leave=False,
+                disable=not enabled or bool(os.environ.get("RERANK_EVAL_NO_PROGRESS")))
+
+
+def run_pipeline(dataset: Dataset, retriever: Retriever, reranker: Reranker | None, candidates: int, top_k: int,
+                 cache: ScoreCache | None = None, queries: Sequence[Query] | None = None,
+                 progress: bool = True) -> PipelineResult:
+    """Run one pipeline over the dataset's queries.
+
+    Args:
+        dataset: where queries, documents and qrels come from.
+        retriever: the first stage.
+        reranker: None keeps the first-stage order.
+        candidates: how many first-stage documents are reranked.
+        top_k: how many the final list keeps.
+        cache: the score cache (None: no cache).
+        queries: a subset of the dataset's queries (default: all judged queries).
+
+    Returns:
+        PipelineResult with the three rankings, per-query latencies and cache counts.
+    """
+    check_depths(candidates, top_k)
+    queries = list(queries if queries is not None else dataset.queries())
+    if not queries:
+        raise ConfigError(f"{dataset.name} has no queries to run")
+    t0 = time.perf_counter()
+    retriever.index(dataset)
+    result = PipelineResult({}, {}, {}, index_s=time.perf_counter() - t0)
+
+    with _bar(len(queries), f"{retriever.name}", progress) as bar:
+        for q in queries:
+            t = time.perf_counter()
+            hits = retriever.retrieve([q], candidates)[q.query_id]
+            result.first_stage_ms[q.query_id] = (time.perf_counter() - t) * 1e3
+            result.first_stage[q.query_id] = hits[:candidates]
+            bar.update()
+
+    if reranker is None:
+        result.reranked = dict(result.first_stage)
+    else:
+        _rerank(dataset, reranker, queries, cache, progress, result)
+    result.final = {q: hits[:top_k] for q, hits in result.reranked.items()}
+    return result
+
+
+def _rerank(dataset: Dataset, reranker: Reranker, queries: Sequence[Query], cache: ScoreCache | None,
+            progress: bool, result: PipelineResult) -> None:
+    texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
+    if not reranker.pointwise:
+        cache = None  # a listwise score depends on the other documents: never reuse it across lists
+    with _bar(len(queries), f"rerank {reranker.name}", progress) as bar:
+        for q in queries:
+            hits = result.first_stage[q.query_id]
+            docs = [texts[h.doc_id] for h in hits]
+            full = [d.full_text for d in docs]
+            cached = cache.get(reranker.identity, q.text, full) if cache is not None else {}
+            keys = [text_key(t) for t in full]
+            todo = [i for i, k in enumerate(keys) if k not in cached]
+            cost = sum(cached[k][1] for k in set(keys) if k in cached)
+            scores = np.zeros(len(docs), dtype=np.float32)
+            for i, k in enumerate(keys):
+                if k in cached:
+                    scores[i] = cached[k][0]
+            if todo:
+                t = time.perf_counter()
+                fresh = reranker.score(q, [docs[i] for i in todo])
+                ms = (time.perf_counter() - t) * 1e3
+                if len(fresh) != len(todo):
+                    raise RuntimeError(f"{reranker.name} returned {len(fresh)} scores for {len(todo)} documents")
+                scores[todo] = fresh
+                cost += ms
+                if cache is not None:
+                    cache.put(reranker.identity, q.text, [full[i] for i in todo], fresh, ms)
+            result.pairs_scored += len(todo)
+            result.pairs_cached += len(docs) - len(todo)
+            result.rerank_ms[q.query_id] = cost
+            result.reranked[q.query_id] = cut([h.doc_id for h in hits], scores)
+            bar.update()

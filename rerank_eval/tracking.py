@@ -1,0 +1,120 @@
+"""MLflow: one run per job with params (the resolved config, secrets redacted), metrics, tags and artifacts.
+
+The default store is ``sqlite:///<project>/mlruns.db`` with artifacts in ``<project>/mlartifacts``;
+``MLFLOW_TRACKING_URI`` overrides it (a shared server, or a test's temporary store).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("rerank-eval", "torch", "transformers", "sentence-transformers", "ranx", "ir-datasets", "bm25s",
+            "mlflow", "hydra-core")
+
+
+def default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlruns.db'}"
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Tracker:
+    """Logs jobs to one MLflow experiment.
+
+    Args:
+        experiment: the MLflow experiment name.
+        uri: the tracking URI (default: ``MLFLOW_TRACKING_URI``, else the project's SQLite store).
+    """
+
+    def __init__(self, experiment: str = "rerank-eval", uri: str | None = None):
+        import mlflow
+
+        for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.uri = uri or default_uri()
+        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = None
+                if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+                    location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as e:  # MLflow raises many types for an unreachable or read-only store
+            raise ConfigError(f"cannot use the MLflow store {self.uri} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); set MLFLOW_TRACKING_URI to a reachable store") from e
+        self.experiment = experiment
+
+    def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str:
+        """Open a run (a sweep's or study's parent, or a job) and return its id."""
+        all_tags = {"mlflow.runName": name, "git_commit": git_commit(), **package_versions(), **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def log(self, run_id: str, params: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None,
+            tags: Mapping[str, str] | None = None, artifacts: list[Path] | None = None) -> None:
+        """Log params, metrics, tags and artifact files or folders (missing paths are skipped)."""
+        import time
+
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        items = [Param(k[:250], str(v)[:6000]) for k, v in (params or {}).items()]
+        for start in range(0, len(items), 90):
+            self.client.log_batch(run_id, params=items[start:start + 90])
+        mets = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        for start in range(0, len(mets), 900):
+            self.client.log_batch(run_id, metrics=mets[start:start + 900])
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        for path in artifacts or []:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path))
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+    def log_job(self, name: str, params: Mapping[str, str], metrics: Mapping[str, float], tags: Mapping[str, str],
+                artifacts: list[Path], parent_run_id: str | None = None) -> str:
+        """Create one finished run holding a job's results and return its id."""
+        run_id = self.start_run(name, tags, parent_run_id)
+        try:
+            self.log(run_id, params, metrics, None, artifacts)
+        except BaseException:
+            self.finish(run_id, ok=False)
+            raise
+        self.finish(run_id)
+        return run_id

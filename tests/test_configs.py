@@ -1,0 +1,82 @@
+"""The config tree itself: every option of every group composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+from conftest import CE_MODEL
+from hydra import compose, initialize_config_dir
+
+from rerank_eval.cli import CONF_DIR
+from rerank_eval.config import build, build_components, check_no_secrets, flatten
+from rerank_eval.datasets import BeirDirDataset, IrDatasetsDataset
+from rerank_eval.errors import ConfigError
+
+GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("dataset", "retriever", "reranker")}
+LOCAL = {"scifact", "msmarco-dl19", "vaswani", "cranfield"}
+
+
+def compose_cfg(*overrides, name="config"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def test_groups_hold_the_promised_options():
+    assert {"scifact", "msmarco-dl19", "msmarco-dl20", "msmarco-dev", "vaswani", "cranfield", "beir_dir", "nfcorpus",
+            "fiqa", "arguana", "scidocs", "trec-covid", "quora"} <= set(GROUPS["dataset"])
+    assert set(GROUPS["retriever"]) == {"bm25", "run", "dense", "hybrid"}
+    assert {"none", "cross_encoder", "bi_encoder"} <= set(GROUPS["reranker"])
+
+
+@pytest.mark.parametrize("name", GROUPS["dataset"])
+def test_every_dataset_composes_and_instantiates(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("RERANK_EVAL_DATA", str(tmp_path))  # only ../shared/data holds local copies
+    over = [f"dataset={name}"] + (["dataset.path=" + str(Path(__file__).parent / "data" / "tiny")]
+                                  if name == "beir_dir" else [])
+    cfg = compose_cfg(*over)
+    assert cfg.dataset.irds_id or name == "beir_dir"
+    ds = build(cfg.dataset, "dataset")
+    if name in LOCAL or name == "beir_dir":
+        assert isinstance(ds, BeirDirDataset) and ds.queries()
+    else:
+        assert isinstance(ds, IrDatasetsDataset) and ds.irds_id == cfg.dataset.irds_id  # lazily, no download
+
+
+def test_dataset_ids_and_levels():
+    assert compose_cfg("dataset=scifact").dataset.irds_id == "beir/scifact/test"
+    assert compose_cfg("dataset=scifact", "dataset.split=train").dataset.irds_id == "beir/scifact/train"
+    dl19 = compose_cfg("dataset=msmarco-dl19").dataset
+    assert (dl19.irds_id, dl19.relevance_level) == ("msmarco-passage/trec-dl-2019/judged", 2)
+
+
+@pytest.mark.parametrize("retriever", GROUPS["retriever"])
+@pytest.mark.parametrize("reranker", GROUPS["reranker"])
+def test_every_pipeline_instantiates(retriever, reranker):
+    over = [f"retriever={retriever}", f"reranker={reranker}", "dataset=msmarco-dl19"]
+    if reranker == "cross_encoder":
+        over.append(f"reranker.model={CE_MODEL}")  # the shipped default is a hub id, unreachable here
+    comps = build_components(compose_cfg(*over))
+    assert comps.retriever.name
+    assert (comps.reranker is None) == (reranker == "none")
+    if comps.reranker is not None:
+        assert comps.reranker.identity and comps.reranker.pointwise in (True, False)
+
+
+def test_train_config_composes():
+    cfg = compose_cfg("dataset=scifact", name="train")
+    assert cfg.dataset.split == "train" and cfg.dataset.irds_id == "beir/scifact/train"
+    assert cfg.train.negatives == 15 and cfg.output == "models/scifact-minilm-l6-ce"
+
+
+def test_targets_outside_the_package_are_refused():
+    with pytest.raises(ConfigError, match="outside the rerank_eval package"):
+        build({"_target_": "os.system", "command": "true"}, "reranker")
+    with pytest.raises(ConfigError, match="not a constructor call"):
+        build({"model": "x"}, "reranker")
+
+
+def test_secrets_are_refused_and_redacted():
+    with pytest.raises(ConfigError, match=r"config.reranker.api_key holds a secret.*\(api_key_env: NAME\)"):
+        check_no_secrets({"reranker": {"api_key": "sk-123", "api_key_env": "COHERE_API_KEY"}})
+    check_no_secrets({"reranker": {"api_key_env": "COHERE_API_KEY", "batch_tokens": 4096, "max_tokens": 5}})
+    flat = flatten({"reranker": {"api_key": "sk-123", "api_key_env": "X", "batch_tokens": 1}})
+    assert flat == {"reranker.api_key": "***", "reranker.api_key_env": "X", "reranker.batch_tokens": "1"}
