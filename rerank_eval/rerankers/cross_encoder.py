@@ -20,7 +20,7 @@ class CrossEncoderReranker:
     pointwise = True
 
     def __init__(self, model: str, max_length: int = 512, device: str = "auto", dtype: str = "auto",
-                 batch_tokens: int = 4096, activation: bool = False):
+                 batch_tokens: int | None = None, activation: bool = False):
         self.engine = CrossEncoderEngine(model, max_length=max_length, device=device, dtype=dtype,
                                          batch_tokens=batch_tokens, activation=activation)
         e = self.engine
