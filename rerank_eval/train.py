@@ -102,7 +102,8 @@ def train_cross_encoder(dataset: Dataset, retriever: Retriever, output_dir: str 
     device = pick_device("auto")
     use_bf16 = (s.bf16 is True or s.bf16 == "true" or (
         s.bf16 == "auto" and (torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16())))
-    model = CrossEncoder(resolve_model(s.init_model), num_labels=1, max_length=s.max_length, device=device)
+    model = CrossEncoder(resolve_model(s.init_model), num_labels=1, max_length=s.max_length, device=device,
+                         model_kwargs={"dtype": torch.float32})  # fp32 master weights; bf16 autocast computes
     class GroupLoss(MultipleNegativesRankingLoss):
         """Softmax cross-entropy over each group; in_batch_negatives=0 adds no other group's documents."""
 
