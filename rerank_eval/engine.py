@@ -128,10 +128,13 @@ class CrossEncoderEngine:
         batch_tokens: the token budget of one batch (rows times padded length); None: 4096 on CPU (cache-sized
             batches ran fastest there), 65536 on CUDA.
         activation: apply the model's own activation (sigmoid for one label) to the logits.
+        chunk_pairs: pairs per chunk; the next chunk is tokenized while this one is scored.
+        compile: ``torch.compile`` the model (worth it for long runs on a GPU; the first batches compile).
     """
 
     def __init__(self, model: str, max_length: int | None = 512, device: str = "auto", dtype: str = "auto",
-                 batch_tokens: int | None = None, activation: bool = False):
+                 batch_tokens: int | None = None, activation: bool = False, chunk_pairs: int = 2048,
+                 compile: bool = False):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -156,6 +159,10 @@ class CrossEncoderEngine:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._template = self._pair_template()
         self._ids: dict[str, list[int]] = {}
+        self._fast = _plain_fast_tokenizer(self.tokenizer)
+        self.chunk_pairs = int(chunk_pairs)
+        if compile:
+            self.model = torch.compile(self.model, dynamic=True)
         self._torch = torch
 
     # -- pair construction -------------------------------------------------------------------------------------
@@ -182,12 +189,15 @@ class CrossEncoderEngine:
         return len(t["prefix"]) + len(t["middle"]) + len(t["suffix"])
 
     def _token_ids(self, texts: Sequence[str]) -> None:
-        """Tokenize the texts not seen before, in one batched call."""
+        """Tokenize the texts not seen before, in one batched call (the Rust tokenizer directly when there is one)."""
         new = list(dict.fromkeys(t for t in texts if t not in self._ids))
         if not new:
             return
-        enc = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)
-        self._ids.update(zip(new, enc["input_ids"], strict=True))
+        if self._fast is not None:
+            ids = [e.ids[:self.max_length] for e in self._fast.encode_batch_fast(new, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+        self._ids.update(zip(new, ids, strict=True))
 
     def build(self, query: str, doc: str) -> tuple[list[int], list[int]]:
         """Input ids and token type ids of one pair, as the tokenizer would make them."""
@@ -200,49 +210,68 @@ class CrossEncoderEngine:
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def score_pairs(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> np.ndarray:
-        """Scores of (query text, document text) pairs in input order, fp32. Identical pairs are scored once."""
+        """Scores of (query text, document text) pairs in input order, fp32. Identical pairs are scored once.
+
+        Pairs go through in chunks: a helper thread tokenizes the next chunk while this one is batched and scored
+        (the Rust tokenizer and the model both release the GIL; on CUDA the model also runs asynchronously).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         torch = self._torch
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        unique = list(dict.fromkeys(pairs))
-        where = {p: i for i, p in enumerate(unique)}
         if self._template is None:
             raise BackendUnavailableError(f"cannot find the pair layout of {self.name}'s tokenizer")
-        self._token_ids([q for q, _ in unique] + [d for _, d in unique])
-        built = [self.build(q, d) for q, d in unique]
-        lengths = np.fromiter((len(b[0]) for b in built), dtype=np.int64, count=len(built))
-        order = np.argsort(-lengths, kind="stable")
-        out = torch.empty(len(unique), dtype=torch.float32, device=self.device)
-        batches = _batches(lengths[order], self.batch_tokens)
+        unique = list(dict.fromkeys(pairs))
+        where = {p: i for i, p in enumerate(unique)}
+        chunks = [unique[i:i + self.chunk_pairs] for i in range(0, len(unique), self.chunk_pairs)]
+        results: list[tuple[np.ndarray, object]] = []  # (row indices into unique, logits on the device)
         bar = _progress(len(unique), progress, f"scoring {self.name}")
-        with torch.inference_mode():
-            for start, stop in batches:
-                idx = order[start:stop]
-                width = int(lengths[idx[0]])
-                ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-                types = np.zeros((len(idx), width), dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for row, i in enumerate(idx):
-                    b_ids, b_types = built[i]
-                    ids[row, :len(b_ids)] = b_ids
-                    types[row, :len(b_ids)] = b_types
-                    mask[row, :len(b_ids)] = 1
-                feed = {"input_ids": ids, "attention_mask": mask}
-                if self._template["has_types"]:
-                    feed["token_type_ids"] = types
-                feed = {k: _to_device(torch, v, self.device) for k, v in feed.items()}
-                logits = self.model(**feed).logits.float()
-                if logits.shape[-1] != 1:
-                    raise ConfigError(f"{self.name} has {logits.shape[-1]} labels; a reranker needs one")
-                out[torch.from_numpy(idx).to(self.device)] = logits[:, 0]
-                if bar:
-                    bar.update(len(idx))
+        with ThreadPoolExecutor(1) as pool, torch.inference_mode():
+            pending = pool.submit(self._token_ids, [t for p in chunks[0] for t in p])
+            for k, chunk in enumerate(chunks):
+                pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._token_ids, [t for p in chunks[k + 1] for t in p])
+                offset = k * self.chunk_pairs
+                for idx, logits in self._score_chunk(chunk):
+                    results.append((idx + offset, logits))
+                    if bar:
+                        bar.update(len(idx))
         if bar:
             bar.close()
+        logits = torch.cat([r[1] for r in results]).float()
         if self.activation:
-            out = torch.sigmoid(out)
-        scores = out.cpu().numpy()
+            logits = torch.sigmoid(logits)
+        scores = np.empty(len(unique), dtype=np.float32)
+        scores[np.concatenate([r[0] for r in results])] = logits.cpu().numpy()
         return scores[[where[p] for p in pairs]]
+
+    def _score_chunk(self, chunk: Sequence[tuple[str, str]]):
+        """Yield (row indices within the chunk, logits) per length-sorted batch; nothing waits for the device."""
+        torch = self._torch
+        built = [self.build(q, d) for q, d in chunk]
+        lengths = np.fromiter((len(b[0]) for b in built), dtype=np.int64, count=len(built))
+        order = np.argsort(-lengths, kind="stable")
+        for start, stop in _batches(lengths[order], self.batch_tokens):
+            idx = order[start:stop]
+            width = int(lengths[idx[0]])
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                b_ids, b_types = built[i]
+                ids[row, :len(b_ids)] = b_ids
+                types[row, :len(b_ids)] = b_types
+                mask[row, :len(b_ids)] = 1
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if self._template["has_types"]:
+                feed["token_type_ids"] = types
+            feed = {k: _to_device(torch, v, self.device) for k, v in feed.items()}
+            logits = self.model(**feed).logits
+            if logits.shape[-1] != 1:
+                raise ConfigError(f"{self.name} has {logits.shape[-1]} labels; a reranker needs one")
+            yield idx, logits[:, 0]
 
 
 def _to_device(torch, array: np.ndarray, device: str):
@@ -261,6 +290,19 @@ def _batches(sorted_lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:
         out.append((start, min(n, start + rows)))
         start += rows
     return out
+
+
+def _plain_fast_tokenizer(tokenizer):
+    """A copy of the tokenizer's Rust backend without truncation or padding, or None for a Python tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    from tokenizers import Tokenizer
+
+    fast = Tokenizer.from_str(backend.to_str())
+    fast.no_truncation()
+    fast.no_padding()
+    return fast
 
 
 def _find(seq: list[int], sub: list[int], start: int) -> int:

@@ -86,7 +86,8 @@ def evaluate(qrels: Qrels, ranking: Ranking, metrics: Sequence[Metric], relevanc
     The order evaluated is the ranking's own order (rank-derived scores go to ranx), so ties are never re-broken.
     """
     from ranx import Qrels as RQrels
-    from ranx import Run, evaluate as ranx_evaluate
+    from ranx import Run
+    from ranx import evaluate as ranx_evaluate
 
     queries = sorted(qrels)
     frame = pd.DataFrame(index=pd.Index(queries, name="query_id"), dtype=float)

@@ -59,13 +59,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _engine_child(model, pairs, device, batch_tokens, queue):
+def _engine_child(model, pairs, device, batch_tokens, compile, queue):
     """Score the pairs in a fresh process and report its peak memory (RSS, or CUDA allocations)."""
     import torch
 
     from .engine import CrossEncoderEngine
 
-    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens)
+    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens, compile=compile)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     eng.score_pairs(pairs)
@@ -73,14 +73,16 @@ def _engine_child(model, pairs, device, batch_tokens, queue):
     queue.put({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mib": peak_gpu})
 
 
-def cross_encoder_section(model: str, pairs, device: str, batch_tokens: int, baseline: bool, profile: bool) -> dict:
+def cross_encoder_section(model: str, pairs, device: str, batch_tokens: int | None, baseline: bool, profile: bool,
+                          compile: bool = False) -> dict:
     import torch
 
     from .engine import CrossEncoderEngine
 
     res: dict = {"pairs": len(pairs), "model": model, "device": device}
     warm = pairs[-64:]
-    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens)
+    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens, compile=compile)
+    res["compile"] = compile
     res["dtype"] = str(eng.dtype).removeprefix("torch.")
     res["batch_tokens"] = eng.batch_tokens
     # on a GPU every new batch shape picks its kernels once: warm up on all pairs, then time with cold id caches
@@ -114,12 +116,13 @@ def cross_encoder_section(model: str, pairs, device: str, batch_tokens: int, bas
         del ce
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_engine_child, args=(model, pairs, device, batch_tokens, queue))
+    proc = ctx.Process(target=_engine_child, args=(model, pairs, device, batch_tokens, compile, queue))
     proc.start()
     res.update(queue.get(timeout=1800))
     proc.join()
     if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
         eng._ids.clear()
@@ -174,14 +177,14 @@ def bm25_section(root: Path) -> dict:
     return res
 
 
-def bi_encoder_section(root: Path, device: str, n_docs: int) -> dict:
+def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from .datasets import BeirDirDataset
-    from .engine import MINILM_ID, BiEncoder
+    from .engine import BiEncoder
 
     texts = [d.full_text for d in BeirDirDataset(root / "scifact").corpus()][:n_docs]
-    ours = BiEncoder(MINILM_ID, device=device)
+    ours = BiEncoder(model, device=device)
     ours.encode(texts[:32])
     t_ours, e_ours = _timed(lambda: ours.encode(texts))
     base = SentenceTransformer(ours.path, device=device)
@@ -202,7 +205,8 @@ def render(res: dict) -> str:
         base = f"{ce['baseline_pairs_s']:,.0f} pairs/s" if "baseline_pairs_s" in ce else "not run"
         ratio = f"{ce['ratio']:.2f}x" if "ratio" in ce else ""
         notes = (f"{ce['pairs']:,} DL19 BM25 top-100 pairs; `CrossEncoder.predict(batch_size=32)` fp32 vs "
-                 f"`CrossEncoderEngine` {ce['dtype']}, {ce['batch_tokens']} tokens/batch")
+                 f"`CrossEncoderEngine` {ce['dtype']}, {ce['batch_tokens']} tokens/batch"
+                 f"{', torch.compile' if ce.get('compile') else ''}")
         if "max_abs_sigmoid_diff" in ce:
             notes += (f"; max |Δ sigmoid score| {ce['max_abs_sigmoid_diff']:.4f}, per-query top-10 overlap "
                       f"{ce['top10_agreement']:.3f}")
@@ -246,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-tokens", type=int, default=0, help="0: the engine's default for the device")
     ap.add_argument("--docs", type=int, default=1000, help="abstracts encoded in the bi-encoder section")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the cross-encoder")
+    ap.add_argument("--bi-model", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--out", default=str(PROJECT_ROOT / "results" / "perf.md"))
     args = ap.parse_args(argv)
     from .engine import pick_device
@@ -260,13 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     if "cross_encoder" in sections:
         print("cross-encoder ...", flush=True)
         res["cross_encoder"] = cross_encoder_section(args.model, dl19_pairs(root, args.pairs), device,
-                                                     args.batch_tokens or None, not args.no_baseline, profile=True)
+                                                     args.batch_tokens or None, not args.no_baseline, profile=True,
+                                                     compile=args.compile)
     if "bm25" in sections:
         print("bm25 ...", flush=True)
         res["bm25"] = bm25_section(root)
     if "bi_encoder" in sections:
         print("bi-encoder ...", flush=True)
-        res["bi_encoder"] = bi_encoder_section(root, device, args.docs)
+        res["bi_encoder"] = bi_encoder_section(root, device, args.docs, args.bi_model)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = render(res)

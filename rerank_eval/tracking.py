@@ -6,6 +6,7 @@ The default store is ``sqlite:///<project>/mlruns.db`` with artifacts in ``<proj
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -38,10 +39,8 @@ def git_commit() -> str:
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[f"version.{name}"] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -9,7 +9,6 @@ import numpy as np
 from ..engine import MINILM_ID, BiEncoder
 from ..types import Doc, Query
 
-
 _MEMO: dict[str, dict[str, np.ndarray]] = {}
 
 
