@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv bench test test-all lint perf report ui clean
+.PHONY: help venv bench test test-all lint perf sweep-cost report ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ lint: venv  ## ruff
 
 perf: venv  ## throughput benchmark: results/perf.md
 	$(PY) -m rerank_eval.perf
+
+sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
+	$(PY) benchmarks/sweep_cost.py
+
+report: venv  ## comparison report of the latest bench from MLflow: results/bench-report/
+	$(PY) -m rerank_eval.report --experiment bench --latest-parent --out results/bench-report
 
 ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000

@@ -25,19 +25,34 @@ ap.add_argument("--epochs", type=float, default=5)
 ap.add_argument("--negatives", type=int, default=15)
 ap.add_argument("--max-length", type=int, default=256)
 ap.add_argument("--max-queries", type=int, default=None)
-ap.add_argument("--test-queries", type=int, default=None, help="rerank only the first N test queries (a smoke run)")
+ap.add_argument(
+    "--test-queries", type=int, default=None, help="rerank only the first N test queries (a smoke run)"
+)
 args = ap.parse_args()
 data = Path(os.environ.get("RERANK_EVAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
-settings = TrainSettings(init_model=args.init_model, epochs=args.epochs, negatives=args.negatives,
-                         max_length=args.max_length, max_queries=args.max_queries)
-info = train_cross_encoder(BeirDirDataset(data / "scifact", split="train"), BM25Retriever(), args.model_dir, settings,
-                           progress=False)
+settings = TrainSettings(
+    init_model=args.init_model,
+    epochs=args.epochs,
+    negatives=args.negatives,
+    max_length=args.max_length,
+    max_queries=args.max_queries,
+)
+info = train_cross_encoder(
+    BeirDirDataset(data / "scifact", split="train"), BM25Retriever(), args.model_dir, settings, progress=False
+)
 test = BeirDirDataset(data / "scifact", split="test")
 t = time.perf_counter()
-res = run_pipeline(test, BM25Retriever(), CrossEncoderReranker(args.model_dir, max_length=args.max_length), 100, 10,
-                   queries=test.queries()[: args.test_queries], progress=False)
+res = run_pipeline(
+    test,
+    BM25Retriever(),
+    CrossEncoderReranker(args.model_dir, max_length=args.max_length),
+    100,
+    10,
+    queries=test.queries()[: args.test_queries],
+    progress=False,
+)
 info["score_test_s"] = round(time.perf_counter() - t, 1)
 write_trec(res.reranked, out / "scifact-test-ft.trec", "ft")
 write_trec(res.first_stage, out / "scifact-test-bm25.trec", "bm25")

@@ -14,10 +14,9 @@ from pathlib import Path
 from .cli import CONF_DIR, friendly_errors, run_from_config
 from .errors import ConfigError
 from .evaluation import metric_key
-from .report import Row, bar_plot, markdown_table, study_frame
+from .report import best_per_metric, comparison_frame, markdown_table, plot_bars, records_from_dirs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TABLE_METRICS = ["ndcg@10", "mrr@10", "recall@100"]
 log = logging.getLogger("rerank_eval")
 
 
@@ -29,7 +28,12 @@ def plan(bench_cfg: dict) -> list[tuple[str, str, str, list[str]]]:
             for rr in study["rerankers"]:
                 if rr not in bench_cfg["rerankers"]:
                     raise ConfigError(f"bench: unknown reranker {rr!r}; define it under rerankers:")
-                over = [f"dataset={study['dataset']}", *stage_over, *bench_cfg["rerankers"][rr], *bench_cfg["common"]]
+                over = [
+                    f"dataset={study['dataset']}",
+                    *stage_over,
+                    *bench_cfg["rerankers"][rr],
+                    *bench_cfg["common"],
+                ]
                 jobs.append((study["dataset"], stage, rr, over))
     return jobs
 
@@ -61,51 +65,73 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_bench_config(Path(args.config))
     if not Path(cfg["cross_encoder"]).is_dir():
-        raise ConfigError(f"bench: cross-encoder folder {cfg['cross_encoder']} does not exist; set "
-                          "RERANK_EVAL_CE_MODEL to a trained model (python -m rerank_eval.train writes one)")
+        raise ConfigError(
+            f"bench: cross-encoder folder {cfg['cross_encoder']} does not exist; set "
+            "RERANK_EVAL_CE_MODEL to a trained model (python -m rerank_eval.train writes one)"
+        )
     jobs = [j for j in plan(cfg) if args.only in (None, j[0])]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_root = PROJECT_ROOT / "outputs" / "bench" / stamp
     tracker = Tracker(cfg["experiment"])
-    parent = tracker.start_run(f"bench-{stamp}", {"study": "bench"})
-    rows: list[Row] = []
+    parent = tracker.start_run(f"bench-{stamp}", {"study": "bench", "parent": "true"})
+    dirs: list[Path] = []
     t0 = time.perf_counter()
     ok = False
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             for i, (ds, stage, rr, over) in enumerate(jobs, 1):
                 print(f"[{i}/{len(jobs)}] {ds} / {stage} / {rr}", flush=True)
-                job_cfg = compose("config", overrides=[*over, f"mlflow.experiment={cfg['experiment']}",
-                                                       *args.overrides])
-                res = run_from_config(job_cfg, out_root / f"{i:02d}-{ds}-{stage}-{rr}", tracker=tracker,
-                                      parent_run_id=parent)
-                rows.append(Row(ds, stage, rr, res.metrics, res.first_stage, res.pvalues,
-                                res.latency["reranker_ms_mean"], res.run_id))
-                print(f"    ndcg@10={res.metrics['ndcg@10']:.4f} (first stage {res.first_stage['ndcg@10']:.4f}); "
-                      f"{res.counts['pairs_scored']:.0f} pairs scored, {res.counts['pairs_cached']:.0f} from cache; "
-                      f"{res.counts['wall_s']:.0f}s", flush=True)
+                job_cfg = compose(
+                    "config", overrides=[*over, f"mlflow.experiment={cfg['experiment']}", *args.overrides]
+                )
+                dirs.append(out_root / f"{i:02d}-{ds}-{stage}-{rr}")
+                res = run_from_config(job_cfg, dirs[-1], tracker=tracker, parent_run_id=parent)
+                print(
+                    f"    ndcg@10={res.metrics['ndcg@10']:.4f} (first stage {res.first_stage['ndcg@10']:.4f}); "
+                    f"{res.counts['pairs_scored']:.0f} pairs scored, {res.counts['pairs_cached']:.0f} from cache; "
+                    f"{res.counts['wall_s']:.0f}s",
+                    flush=True,
+                )
         elapsed = time.perf_counter() - t0
         results = Path(args.results)
         results.mkdir(parents=True, exist_ok=True)
-        frame = study_frame(rows, TABLE_METRICS)
-        md = ["# rerank-eval bench", "",
-              f"Command: `make bench` ({len(jobs)} jobs, candidate depth 100, {elapsed / 60:.1f} min wall on this "
-              f"machine, score cache state at start decides how much was scored). Cross-encoder: "
-              f"`{Path(cfg['cross_encoder']).name}`, max length 256. Significance: paired t-test of nDCG@10 against "
-              "the job's own first stage; † marks p < 0.05. MLflow parent run "
-              f"`{parent}` in experiment `{cfg['experiment']}`.", "", markdown_table(frame, TABLE_METRICS)]
+        records = records_from_dirs(dirs)
+        frame = comparison_frame(records)
+        scored = int(
+            sum(json.loads((d / "metrics.json").read_text())["counts"]["pairs_scored"] for d in dirs)
+        )
+        md = [
+            "# rerank-eval bench",
+            "",
+            f"Command: `make bench`: {len(jobs)} jobs at candidate depth 100, {elapsed / 60:.1f} min wall on this "
+            f"machine ({scored:,} query-document pairs scored; the rest came from the score cache). Cross-encoder: "
+            f"`{Path(cfg['cross_encoder']).name}`, max length 256. Significance: paired t-test of nDCG@10 against "
+            "each job's own first stage, Holm-adjusted across the reranked jobs; † marks p < 0.05. MLflow parent "
+            f"run `{parent}` in experiment `{cfg['experiment']}`.",
+            "",
+            markdown_table(frame),
+        ]
         _write(results / "bench.md", "\n".join(md))
         _write(results / "bench.csv", frame.to_csv(index=False))
-        bar_plot(frame, "ndcg@10", results / "bench.png", "nDCG@10 by pipeline (rerank depth 100)")
-        tracker.log(parent, metrics={"wall_s": elapsed, "jobs": len(jobs)},
-                    artifacts=[results / "bench.md", results / "bench.csv", results / "bench.png"],
-                    params={"jobs": json.dumps([j[3] for j in jobs])[:6000]})
-        best = max(rows, key=lambda r: r.metrics["ndcg@10"])
-        tracker.log(parent, metrics={f"best_{metric_key('ndcg@10')}": best.metrics["ndcg@10"]},
-                    tags={"best_ndcg_at_10": f"{best.dataset}/{best.first_stage}/{best.reranker}"})
+        plot_bars(frame, "ndcg@10", results / "bench.png", "nDCG@10 by pipeline (rerank depth 100)")
+        best = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
+        tracker.log(
+            parent,
+            metrics={
+                "wall_s": elapsed,
+                "jobs": len(jobs),
+                "pairs_scored": scored,
+                **{f"best_{metric_key(m)}": v for m, (_, v) in best.items()},
+            },
+            tags={f"best_{metric_key(m)}": name for m, (name, _) in best.items()},
+            artifacts=[results / "bench.md", results / "bench.csv", results / "bench.png"],
+            params={"jobs": json.dumps([j[3] for j in jobs])[:6000]},
+        )
         ok = True
-        print(f"bench: {len(jobs)} jobs in {elapsed / 60:.1f} min; wrote {results / 'bench.md'} and "
-              f"{results / 'bench.png'}")
+        print(
+            f"bench: {len(jobs)} jobs in {elapsed / 60:.1f} min; wrote {results / 'bench.md'} and "
+            f"{results / 'bench.png'}"
+        )
     finally:
         tracker.finish(parent, ok=ok)
 

@@ -47,8 +47,10 @@ class ScoreCache:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute(SCHEMA)
             except (sqlite3.Error, OSError) as e:
-                raise ConfigError(f"cannot open the score cache {self.path} ({e}); set cache.path to a writable "
-                                  "file or cache.enabled=false") from None
+                raise ConfigError(
+                    f"cannot open the score cache {self.path} ({e}); set cache.path to a writable "
+                    "file or cache.enabled=false"
+                ) from None
 
     def get(self, reranker: str, query: str, docs: Sequence[str]) -> dict[str, tuple[float, float]]:
         """Cached ``(score, cost_ms)`` by document key for the documents that have one."""
@@ -58,14 +60,18 @@ class ScoreCache:
         keys = list({text_key(d) for d in docs})
         out: dict[str, tuple[float, float]] = {}
         for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
+            chunk = keys[start : start + 500]
             rows = self._conn.execute(
                 f"SELECT doc, score, cost_ms FROM scores WHERE reranker=? AND query=? AND doc IN "
-                f"({','.join('?' * len(chunk))})", [reranker, q, *chunk]).fetchall()
+                f"({','.join('?' * len(chunk))})",
+                [reranker, q, *chunk],
+            ).fetchall()
             out.update({d: (s, c) for d, s, c in rows})
         return out
 
-    def put(self, reranker: str, query: str, docs: Sequence[str], scores: Sequence[float], cost_ms: float) -> None:
+    def put(
+        self, reranker: str, query: str, docs: Sequence[str], scores: Sequence[float], cost_ms: float
+    ) -> None:
         """Store the scores of one scoring call; its cost is shared evenly among its documents."""
         if self._conn is None or not docs:
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 from .errors import ConfigError, RerankEvalError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+PARENT_ENV = (
+    "RERANK_EVAL_PARENT_RUN"  # set by the sweep callback: the MLflow run that a sweep's jobs belong to
+)
 log = logging.getLogger("rerank_eval")
 
 
@@ -33,7 +37,10 @@ def friendly_errors(fn: Callable) -> Callable:
             sys.exit(2)
         except MissingMandatoryValue as e:
             key = getattr(e, "full_key", None) or str(e)
-            print(f"rerank-eval: error: {key} is required; pass {key}=<value> on the command line", file=sys.stderr)
+            print(
+                f"rerank-eval: error: {key} is required; pass {key}=<value> on the command line",
+                file=sys.stderr,
+            )
             sys.exit(2)
         except OmegaConfBaseException as e:
             print(f"rerank-eval: error: bad config: {str(e).splitlines()[0]}", file=sys.stderr)
@@ -70,23 +77,38 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
         raise ConfigError(f"significance must be student or fisher, got {plain.get('significance')!r}")
     comps = build_components(cfg)
     cache_cfg = plain.get("cache") or {}
-    cache = ScoreCache(cache_cfg.get("path") or cache_root() / "scores.sqlite", cache_cfg.get("enabled", True))
+    cache = ScoreCache(
+        cache_cfg.get("path") or cache_root() / "scores.sqlite", cache_cfg.get("enabled", True)
+    )
     if tracker is None and plain.get("mlflow", {}).get("enabled", True):
         tracker = Tracker(plain["mlflow"].get("experiment", "rerank-eval"))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
     try:
-        return run_experiment(comps.dataset, comps.retriever, comps.reranker, candidates=plain["candidates"],
-                              top_k=plain["top_k"], metrics=metrics, output_dir=out, cache=cache, tracker=tracker,
-                              config=plain, significance=plain["significance"], params=flatten(plain),
-                              parent_run_id=parent_run_id, progress=plain.get("progress", True))
+        return run_experiment(
+            comps.dataset,
+            comps.retriever,
+            comps.reranker,
+            candidates=plain["candidates"],
+            top_k=plain["top_k"],
+            metrics=metrics,
+            output_dir=out,
+            cache=cache,
+            tracker=tracker,
+            config=plain,
+            significance=plain["significance"],
+            params=flatten(plain),
+            parent_run_id=parent_run_id or os.environ.get(PARENT_ENV),
+            progress=plain.get("progress", True),
+            resume=plain.get("resume", True),
+        )
     finally:
         cache.close()
 
 
 def _setup_logging() -> None:
-    for name in ("httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "alembic"):
+    for name in ("httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "alembic", "bm25s"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -118,9 +140,11 @@ def main() -> None:
     def _job(cfg) -> float:
         res = run_from_config(cfg, HydraConfig.get().runtime.output_dir)
         key = "ndcg@10" if "ndcg@10" in res.metrics else next(iter(res.metrics))
-        print(f"{res.name}: {key}={res.metrics[key]:.4f} (first stage {res.first_stage[key]:.4f}, "
-              f"p={res.pvalues[key]:.3g}); reranker {res.latency['reranker_ms_mean']:.1f} ms/query; "
-              f"results in {res.output_dir}")
+        print(
+            f"{res.name}: {key}={res.metrics[key]:.4f} (first stage {res.first_stage[key]:.4f}, "
+            f"p={res.pvalues[key]:.3g}); reranker {res.latency['reranker_ms_mean']:.1f} ms/query; "
+            f"results in {res.output_dir}"
+        )
         return res.metrics[key]
 
     _job()

@@ -26,8 +26,10 @@ def _check_targets(node: Any, where: str) -> None:
     if isinstance(node, Mapping):
         target = node.get("_target_")
         if target is not None and not str(target).startswith(PACKAGE):
-            raise ConfigError(f"{where}._target_={target} is outside the rerank_eval package; only "
-                              f"rerank_eval.* constructors may be named in configs")
+            raise ConfigError(
+                f"{where}._target_={target} is outside the rerank_eval package; only "
+                f"rerank_eval.* constructors may be named in configs"
+            )
         for k, v in node.items():
             _check_targets(v, f"{where}.{k}")
     elif isinstance(node, list | tuple):
@@ -45,8 +47,10 @@ def check_no_secrets(node: Any, where: str = "config") -> None:
     if isinstance(node, Mapping):
         for k, v in node.items():
             if is_secret_key(str(k)) and v not in (None, ""):
-                raise ConfigError(f"{where}.{k} holds a secret in the config; put it in an environment variable "
-                                  f"and name that variable instead ({k}_env: NAME)")
+                raise ConfigError(
+                    f"{where}.{k} holds a secret in the config; put it in an environment variable "
+                    f"and name that variable instead ({k}_env: NAME)"
+                )
             check_no_secrets(v, f"{where}.{k}")
     elif isinstance(node, list | tuple):
         for i, v in enumerate(node):

@@ -52,9 +52,13 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); fix or remove that line") from None
+                    raise DataError(
+                        f"{path}:{lineno}: not a JSON object ({e.msg}); fix or remove that line"
+                    ) from None
                 if not isinstance(obj, dict) or any(k not in obj for k in required):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with keys {list(required)}; fix that line")
+                    raise DataError(
+                        f"{path}:{lineno}: expected a JSON object with keys {list(required)}; fix that line"
+                    )
                 yield obj
     except UnicodeDecodeError:
         raise DataError(f"{path}:{lineno + 1}: not valid UTF-8; re-encode the file as UTF-8") from None
@@ -62,10 +66,15 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
         raise DataError(f"{path}: truncated or corrupt gzip ({e}); download or copy the file again") from None
 
 
+_CORPORA: dict[tuple[str, int, int], dict[str, Doc]] = {}
+
+
 class BeirDirDataset:
     """A BEIR-format folder on disk. Queries are those judged in ``qrels/<split>.tsv``."""
 
-    def __init__(self, path: str | Path, split: str = "test", name: str | None = None, relevance_level: int = 1):
+    def __init__(
+        self, path: str | Path, split: str = "test", name: str | None = None, relevance_level: int = 1
+    ):
         self.path = Path(path)
         self.split = split
         self.name = name or self.path.name
@@ -79,22 +88,36 @@ class BeirDirDataset:
             (p for p in (self.path / "corpus.jsonl", self.path / "corpus.jsonl.gz") if p.is_file()), None
         )
         if self._corpus_file is None:
-            raise DataError(f"{self.path} has no corpus.jsonl or corpus.jsonl.gz; is it a BEIR-format folder?")
+            raise DataError(
+                f"{self.path} has no corpus.jsonl or corpus.jsonl.gz; is it a BEIR-format folder?"
+            )
         self._qrels_file = self.path / "qrels" / f"{split}.tsv"
         if not self._qrels_file.is_file():
             have = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
-            raise DataError(f"{self.path} has no qrels for split '{split}'; available splits: {have or 'none'}")
+            raise DataError(
+                f"{self.path} has no qrels for split '{split}'; available splits: {have or 'none'}"
+            )
 
     def __repr__(self) -> str:
         return f"BeirDirDataset({str(self.path)!r}, split={self.split!r})"
 
     @cached_property
     def _docs(self) -> dict[str, Doc]:
+        stat = self._corpus_file.stat()
+        key = (str(self._corpus_file.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _CORPORA:  # parsed once per process: the jobs of a sweep share it
+            _CORPORA.clear()
+            _CORPORA[key] = self._parse_corpus()
+        return _CORPORA[key]
+
+    def _parse_corpus(self) -> dict[str, Doc]:
         docs: dict[str, Doc] = {}
         for obj in _read_jsonl(self._corpus_file, ("_id", "text")):
             doc_id = str(obj["_id"])
             if doc_id in docs:
-                raise DataError(f"{self._corpus_file}: document id {doc_id!r} appears twice; ids must be unique")
+                raise DataError(
+                    f"{self._corpus_file}: document id {doc_id!r} appears twice; ids must be unique"
+                )
             docs[doc_id] = Doc(doc_id, str(obj["text"] or ""), str(obj.get("title") or ""))
         if not docs:
             raise DataError(f"{self._corpus_file} holds no documents")
@@ -111,11 +134,15 @@ class BeirDirDataset:
                 if not line.strip():
                     continue
                 if len(parts) != 3:
-                    raise DataError(f"{self._qrels_file}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'")
+                    raise DataError(
+                        f"{self._qrels_file}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'"
+                    )
                 try:
                     grade = int(float(parts[2]))
                 except ValueError:
-                    raise DataError(f"{self._qrels_file}:{lineno}: score {parts[2]!r} is not a number") from None
+                    raise DataError(
+                        f"{self._qrels_file}:{lineno}: score {parts[2]!r} is not a number"
+                    ) from None
                 qrels.setdefault(parts[0], {})[parts[1]] = grade
         if not qrels:
             raise DataError(f"{self._qrels_file} holds no judgements")
@@ -181,7 +208,9 @@ class IrDatasetsDataset:
         try:
             self._ds = ir_datasets.load(irds_id)
         except KeyError:
-            raise ConfigError(f"unknown ir_datasets id {irds_id!r}; see https://ir-datasets.com for the ids") from None
+            raise ConfigError(
+                f"unknown ir_datasets id {irds_id!r}; see https://ir-datasets.com for the ids"
+            ) from None
         self.irds_id = irds_id
         self.name = name or irds_id
         self.relevance_level = int(relevance_level)
@@ -231,7 +260,9 @@ class IrDatasetsDataset:
 
 
 def _irds_doc(d) -> Doc:
-    return Doc(d.doc_id, getattr(d, "text", "") or getattr(d, "body", "") or "", getattr(d, "title", "") or "")
+    return Doc(
+        d.doc_id, getattr(d, "text", "") or getattr(d, "body", "") or "", getattr(d, "title", "") or ""
+    )
 
 
 class _IrdsGuard:
@@ -302,5 +333,7 @@ def load_dataset(
                 )
             return BeirDirDataset(local, split=split, name=name, relevance_level=relevance_level)
     if not irds_id:
-        raise ConfigError(f"dataset {name} has neither a local folder nor an ir_datasets id; set dataset.path=...")
+        raise ConfigError(
+            f"dataset {name} has neither a local folder nor an ir_datasets id; set dataset.path=..."
+        )
     return IrDatasetsDataset(irds_id, name=name, relevance_level=relevance_level)

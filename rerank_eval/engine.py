@@ -99,8 +99,14 @@ def pick_dtype(dtype: str | None, device: str):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_bf16() else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in table:
         raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
     return table[dtype]
@@ -132,9 +138,17 @@ class CrossEncoderEngine:
         compile: ``torch.compile`` the model (worth it for long runs on a GPU; the first batches compile).
     """
 
-    def __init__(self, model: str, max_length: int | None = 512, device: str = "auto", dtype: str = "auto",
-                 batch_tokens: int | None = None, activation: bool = False, chunk_pairs: int = 2048,
-                 compile: bool = False):
+    def __init__(
+        self,
+        model: str,
+        max_length: int | None = 512,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_tokens: int | None = None,
+        activation: bool = False,
+        chunk_pairs: int = 2048,
+        compile: bool = False,
+    ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -178,9 +192,15 @@ class CrossEncoderEngine:
             return None
         t = types or [0] * len(ids)
         return {
-            "prefix": ids[:s1], "middle": ids[s1 + len(a):s2], "suffix": ids[s2 + len(b):],
-            "t1": t[s1], "t2": t[s2], "tprefix": t[:s1], "tmiddle": t[s1 + len(a):s2],
-            "tsuffix": t[s2 + len(b):], "has_types": types is not None,
+            "prefix": ids[:s1],
+            "middle": ids[s1 + len(a) : s2],
+            "suffix": ids[s2 + len(b) :],
+            "t1": t[s1],
+            "t2": t[s2],
+            "tprefix": t[:s1],
+            "tmiddle": t[s1 + len(a) : s2],
+            "tsuffix": t[s2 + len(b) :],
+            "has_types": types is not None,
         }
 
     @property
@@ -194,9 +214,13 @@ class CrossEncoderEngine:
         if not new:
             return
         if self._fast is not None:
-            ids = [e.ids[:self.max_length] for e in self._fast.encode_batch_fast(new, add_special_tokens=False)]
+            ids = [
+                e.ids[: self.max_length] for e in self._fast.encode_batch_fast(new, add_special_tokens=False)
+            ]
         else:
-            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)[
+                "input_ids"
+            ]
         self._ids.update(zip(new, ids, strict=True))
 
     def build(self, query: str, doc: str) -> tuple[list[int], list[int]]:
@@ -224,7 +248,7 @@ class CrossEncoderEngine:
             raise BackendUnavailableError(f"cannot find the pair layout of {self.name}'s tokenizer")
         unique = list(dict.fromkeys(pairs))
         where = {p: i for i, p in enumerate(unique)}
-        chunks = [unique[i:i + self.chunk_pairs] for i in range(0, len(unique), self.chunk_pairs)]
+        chunks = [unique[i : i + self.chunk_pairs] for i in range(0, len(unique), self.chunk_pairs)]
         results: list[tuple[np.ndarray, object]] = []  # (row indices into unique, logits on the device)
         bar = _progress(len(unique), progress, f"scoring {self.name}")
         with ThreadPoolExecutor(1) as pool, torch.inference_mode():
@@ -261,9 +285,9 @@ class CrossEncoderEngine:
             mask = np.zeros((len(idx), width), dtype=np.int64)
             for row, i in enumerate(idx):
                 b_ids, b_types = built[i]
-                ids[row, :len(b_ids)] = b_ids
-                types[row, :len(b_ids)] = b_types
-                mask[row, :len(b_ids)] = 1
+                ids[row, : len(b_ids)] = b_ids
+                types[row, : len(b_ids)] = b_types
+                mask[row, : len(b_ids)] = 1
             feed = {"input_ids": ids, "attention_mask": mask}
             if self._template["has_types"]:
                 feed["token_type_ids"] = types
@@ -307,7 +331,7 @@ def _plain_fast_tokenizer(tokenizer):
 
 def _find(seq: list[int], sub: list[int], start: int) -> int:
     for i in range(start, len(seq) - len(sub) + 1):
-        if seq[i:i + len(sub)] == sub:
+        if seq[i : i + len(sub)] == sub:
             return i
     return -1
 
@@ -326,6 +350,26 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / ".cache"
 
 
+_BI_ENCODERS: dict[tuple, BiEncoder] = {}
+
+
+def shared_bi_encoder(
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 128,
+    max_length: int | None = None,
+) -> BiEncoder:
+    """One loaded bi-encoder per setting and process: the dense first stage and the bi-encoder reranker of a
+    sweep's jobs share it."""
+    key = (model, device, dtype, batch_size, max_length)
+    if key not in _BI_ENCODERS:
+        _BI_ENCODERS[key] = BiEncoder(
+            model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+        )
+    return _BI_ENCODERS[key]
+
+
 class BiEncoder:
     """A sentence-transformers bi-encoder: length-sorted batches, bf16 where the hardware has it, unit vectors.
 
@@ -336,8 +380,14 @@ class BiEncoder:
         max_length: longest input in tokens (None keeps the model's own).
     """
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 128,
-                 max_length: int | None = None):
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 128,
+        max_length: int | None = None,
+    ):
         from sentence_transformers import SentenceTransformer
 
         self.name = model
@@ -346,7 +396,9 @@ class BiEncoder:
         self.dtype = pick_dtype(dtype, self.device)
         self.batch_size = int(batch_size)
         try:
-            self.model = SentenceTransformer(self.path, device=self.device, model_kwargs={"dtype": self.dtype})
+            self.model = SentenceTransformer(
+                self.path, device=self.device, model_kwargs={"dtype": self.dtype}
+            )
         except (OSError, ValueError) as e:
             raise load_error(model, e) from e
         if max_length:
@@ -355,9 +407,13 @@ class BiEncoder:
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Unit-length fp32 embeddings of the texts, in input order."""
-        emb = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=progress and not os.environ.get(
-                                    "RERANK_EVAL_NO_PROGRESS"))
+        emb = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress and not os.environ.get("RERANK_EVAL_NO_PROGRESS"),
+        )
         return np.asarray(emb, dtype=np.float32)
 
     def encode_corpus(self, dataset, prefix: str = "") -> tuple[list[str], np.ndarray]:

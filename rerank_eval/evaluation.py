@@ -80,7 +80,9 @@ def judged_at(qrels: Qrels, ranking: Ranking, k: int) -> dict[str, float]:
     return out
 
 
-def evaluate(qrels: Qrels, ranking: Ranking, metrics: Sequence[Metric], relevance_level: int = 1) -> pd.DataFrame:
+def evaluate(
+    qrels: Qrels, ranking: Ranking, metrics: Sequence[Metric], relevance_level: int = 1
+) -> pd.DataFrame:
     """Per-query metric values: one row per judged query (those a run misses score 0), one column per metric.
 
     The order evaluated is the ranking's own order (rank-derived scores go to ranx), so ties are never re-broken.
@@ -91,8 +93,11 @@ def evaluate(qrels: Qrels, ranking: Ranking, metrics: Sequence[Metric], relevanc
 
     queries = sorted(qrels)
     frame = pd.DataFrame(index=pd.Index(queries, name="query_id"), dtype=float)
-    run = {q: {d.doc_id: float(len(hits) - i) for i, d in enumerate(hits)}
-           for q, hits in ranking.items() if q in qrels and hits}
+    run = {
+        q: {d.doc_id: float(len(hits) - i) for i, d in enumerate(hits)}
+        for q, hits in ranking.items()
+        if q in qrels and hits
+    }
     ranx_metrics = [m for m in metrics if m.measure != "judged"]
     if ranx_metrics and run:
         r = Run(run)
@@ -110,8 +115,9 @@ def evaluate(qrels: Qrels, ranking: Ranking, metrics: Sequence[Metric], relevanc
     return frame[[m.name for m in metrics]].fillna(0.0)
 
 
-def paired_test(a: Sequence[float], b: Sequence[float], method: str = "student", n_resamples: int = 10000,
-                seed: int = 42) -> float:
+def paired_test(
+    a: Sequence[float], b: Sequence[float], method: str = "student", n_resamples: int = 10000, seed: int = 42
+) -> float:
     """Two-sided p-value of a paired test between per-query values of two runs over the same queries.
 
     Args:
@@ -128,7 +134,13 @@ def paired_test(a: Sequence[float], b: Sequence[float], method: str = "student",
     if method == "student":
         return float(stats.ttest_rel(x, y).pvalue)
     if method == "fisher":
-        res = stats.permutation_test((x, y), lambda u, v: np.mean(u - v), permutation_type="samples",
-                                     n_resamples=n_resamples, alternative="two-sided", random_state=seed)
+        res = stats.permutation_test(
+            (x, y),
+            lambda u, v: np.mean(u - v),
+            permutation_type="samples",
+            n_resamples=n_resamples,
+            alternative="two-sided",
+            random_state=seed,
+        )
         return float(res.pvalue)
     raise ConfigError(f"unknown significance test {method!r}; use student or fisher")

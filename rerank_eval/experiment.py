@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pandas as pd
 
 from .cache import ScoreCache
 from .datasets import Dataset
-from .evaluation import Metric, evaluate, paired_test
+from .evaluation import Metric, evaluate, paired_test, parse_metrics
 from .pipeline import PipelineResult, run_pipeline
 from .rerankers import Reranker
 from .retrievers import Retriever
@@ -39,9 +40,16 @@ class JobResult:
     counts: dict[str, float] = field(default_factory=dict)
 
 
-def fingerprint(config: Mapping) -> str:
-    """A stable hash of a resolved config (what makes two jobs the same job)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+VOLATILE = ("progress", "mlflow", "cache", "resume")  # config keys that do not change a job's results
+CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def fingerprint(config: Mapping, *identities: str) -> str:
+    """A stable hash of what makes two jobs the same job: the resolved config (less the keys that cannot change
+    results) and the identities of the data and models (corpus hash, model weights hash)."""
+    core = {k: v for k, v in config.items() if k not in VOLATILE}
+    blob = json.dumps([core, identities], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
@@ -62,19 +70,38 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def latency_stats(prefix: str, ms: Mapping[str, float]) -> dict[str, float]:
     values = np.fromiter(ms.values(), dtype=float) if ms else np.zeros(1)
-    return {f"{prefix}_ms_mean": float(values.mean()), f"{prefix}_ms_p50": float(np.percentile(values, 50)),
-            f"{prefix}_ms_p95": float(np.percentile(values, 95))}
+    return {
+        f"{prefix}_ms_mean": float(values.mean()),
+        f"{prefix}_ms_p50": float(np.percentile(values, 50)),
+        f"{prefix}_ms_p95": float(np.percentile(values, 95)),
+    }
 
 
-def run_experiment(dataset: Dataset, retriever: Retriever, reranker: Reranker | None, *, candidates: int,
-                   top_k: int, metrics: Sequence[Metric], output_dir: str | Path, cache: ScoreCache | None = None,
-                   tracker: Tracker | None = None, config: Mapping | None = None, significance: str = "student",
-                   name: str | None = None, params: Mapping[str, str] | None = None,
-                   parent_run_id: str | None = None, progress: bool = True) -> JobResult:
+def run_experiment(
+    dataset: Dataset,
+    retriever: Retriever,
+    reranker: Reranker | None,
+    *,
+    candidates: int,
+    top_k: int,
+    metrics: Sequence[Metric],
+    output_dir: str | Path,
+    cache: ScoreCache | None = None,
+    tracker: Tracker | None = None,
+    config: Mapping | None = None,
+    significance: str = "student",
+    name: str | None = None,
+    params: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> JobResult:
     """Run, evaluate, write and track one pipeline.
 
     Writes into ``output_dir``: ``run.trec`` (the reranked candidates), ``first_stage.trec``, ``per_query.csv``
-    and, last, ``metrics.json``: a folder without ``metrics.json`` is an unfinished job.
+    and, last, ``metrics.json``: a folder without ``metrics.json`` is an unfinished job. With a tracker and
+    ``resume``, a job whose fingerprint matches a finished MLflow run is not run again: that run's files are
+    fetched into ``output_dir`` and its results returned.
 
     Returns:
         JobResult with mean metrics, first-stage metrics, p-values, latencies and the MLflow run id.
@@ -82,10 +109,23 @@ def run_experiment(dataset: Dataset, retriever: Retriever, reranker: Reranker | 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rr_name = reranker.name if reranker is not None else "none"
-    name = name or f"{dataset.name}/{retriever.name}/{rr_name}@{candidates}"
+    name = name or f"{dataset.name}/{retriever.name}/{rr_name}@{candidates}/top{top_k}"
+    fp = fingerprint(config or {}, dataset.fingerprint, getattr(reranker, "identity", "none"))
+    if tracker is not None and resume:
+        previous = tracker.find_finished(fp)
+        if previous is not None:
+            log.info(
+                "%s: finished before as MLflow run %s (fingerprint %s): reused, not run again "
+                "(resume=false runs it again)",
+                name,
+                previous,
+                fp,
+            )
+            return _reuse(tracker, previous, name, metrics, out, parent_run_id)
     t0 = time.perf_counter()
-    res: PipelineResult = run_pipeline(dataset, retriever, reranker, candidates, top_k, cache=cache,
-                                       progress=progress)
+    res: PipelineResult = run_pipeline(
+        dataset, retriever, reranker, candidates, top_k, cache=cache, progress=progress
+    )
     wall = time.perf_counter() - t0
 
     qrels = dataset.qrels()
@@ -93,19 +133,43 @@ def run_experiment(dataset: Dataset, retriever: Retriever, reranker: Reranker | 
     first = evaluate(qrels, res.first_stage, metrics, dataset.relevance_level)
     means = per_query.mean().to_dict()
     first_means = first.mean().to_dict()
+    ks = [k for k in CURVE_KS if k <= candidates]
+    curve = evaluate(
+        qrels, res.reranked, parse_metrics([f"recall@{k}" for k in ks]), dataset.relevance_level
+    ).mean()
+    recall_curve = {k: float(curve[f"recall@{k}"]) for k in ks}
     pvalues = {m.name: paired_test(per_query[m.name], first[m.name], significance) for m in metrics}
 
     latency = {**latency_stats("first_stage", res.first_stage_ms), **latency_stats("reranker", res.rerank_ms)}
-    counts = {"queries": float(len(per_query)), "pairs_scored": float(res.pairs_scored),
-              "pairs_cached": float(res.pairs_cached), "index_s": res.index_s, "wall_s": wall}
+    counts = {
+        "queries": float(len(per_query)),
+        "pairs_scored": float(res.pairs_scored),
+        "pairs_cached": float(res.pairs_cached),
+        "index_s": res.index_s,
+        "wall_s": wall,
+    }
 
     write_trec(res.reranked, out / "run.trec", tag=rr_name)
     write_trec(res.first_stage, out / "first_stage.trec", tag=retriever.name)
     table = per_query.add_prefix("reranked.").join(first.add_prefix("first_stage."))
     _write_atomic(out / "per_query.csv", table.to_csv())
-    summary = {"name": name, "metrics": means, "first_stage": first_means, "pvalues": pvalues,
-               "significance": significance, "latency": latency, "counts": counts,
-               "fingerprint": fingerprint(config or {}), "config": config or {}}
+    summary = {
+        "name": name,
+        "dataset": dataset.name,
+        "retriever": retriever.name,
+        "reranker": rr_name,
+        "candidates": candidates,
+        "top_k": top_k,
+        "metrics": means,
+        "first_stage": first_means,
+        "pvalues": pvalues,
+        "significance": significance,
+        "latency": latency,
+        "counts": counts,
+        "recall_curve": recall_curve,
+        "fingerprint": fp,
+        "config": config or {},
+    }
 
     run_id = None
     if tracker is not None:
@@ -117,13 +181,64 @@ def run_experiment(dataset: Dataset, retriever: Retriever, reranker: Reranker | 
             mlflow_metrics[f"pvalue_{m.key}"] = pvalues[m.name]
         mlflow_metrics.update(latency)
         mlflow_metrics.update(counts)
-        tags = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "retriever": retriever.name,
-                "reranker": rr_name, "reranker_identity": getattr(reranker, "identity", "none"),
-                "fingerprint": summary["fingerprint"], "significance_test": significance}
-        artifacts = [out / "run.trec", out / "first_stage.trec", out / "per_query.csv", out / "config.yaml",
-                     out / ".hydra"]
-        run_id = tracker.log_job(name, params or {}, mlflow_metrics, tags, artifacts, parent_run_id=parent_run_id)
+        tags = {
+            "dataset": dataset.name,
+            "dataset_fingerprint": dataset.fingerprint,
+            "retriever": retriever.name,
+            "reranker": rr_name,
+            "reranker_identity": getattr(reranker, "identity", "none"),
+            "fingerprint": fp,
+            "significance_test": significance,
+        }
+        pending = out / ".pending"  # metrics.json travels to MLflow from here; the job's own copy comes last
+        pending.mkdir(exist_ok=True)
+        (pending / "metrics.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        artifacts = [
+            out / "run.trec",
+            out / "first_stage.trec",
+            out / "per_query.csv",
+            pending / "metrics.json",
+            out / "config.yaml",
+            out / ".hydra",
+        ]
+        run_id = tracker.log_job(
+            name,
+            params or {},
+            mlflow_metrics,
+            tags,
+            artifacts,
+            parent_run_id=parent_run_id,
+            steps={"recall_curve": recall_curve},
+        )
         summary["mlflow_run_id"] = run_id
+        shutil.rmtree(pending, ignore_errors=True)
     _write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
     log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
     return JobResult(name, means, first_means, pvalues, latency, per_query, out, run_id, counts)
+
+
+def _reuse(
+    tracker: Tracker, run_id: str, name: str, metrics: Sequence[Metric], out: Path, parent_run_id: str | None
+) -> JobResult:
+    """Results of a finished run, with its files fetched into ``out`` (metrics.json last)."""
+    tracker.download(run_id, ["run.trec", "first_stage.trec", "per_query.csv", "metrics.json"], out)
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    summary.update(mlflow_run_id=run_id, reused=True)
+    if parent_run_id:
+        tracker.log(parent_run_id, tags={f"reused.{run_id}": name})
+    _write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
+    table = pd.read_csv(out / "per_query.csv", index_col="query_id", dtype={"query_id": str})
+    per_query = table[[f"reranked.{m.name}" for m in metrics]].rename(
+        columns=lambda c: c.removeprefix("reranked.")
+    )
+    return JobResult(
+        name,
+        summary["metrics"],
+        summary["first_stage"],
+        summary["pvalues"],
+        summary["latency"],
+        per_query,
+        out,
+        run_id,
+        summary["counts"],
+    )

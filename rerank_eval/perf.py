@@ -70,11 +70,20 @@ def _engine_child(model, pairs, device, batch_tokens, compile, queue):
         torch.cuda.reset_peak_memory_stats()
     eng.score_pairs(pairs)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
-    queue.put({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mib": peak_gpu})
+    queue.put(
+        {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mib": peak_gpu}
+    )
 
 
-def cross_encoder_section(model: str, pairs, device: str, batch_tokens: int | None, baseline: bool, profile: bool,
-                          compile: bool = False) -> dict:
+def cross_encoder_section(
+    model: str,
+    pairs,
+    device: str,
+    batch_tokens: int | None,
+    baseline: bool,
+    profile: bool,
+    compile: bool = False,
+) -> dict:
     import torch
 
     from .engine import CrossEncoderEngine
@@ -99,20 +108,32 @@ def cross_encoder_section(model: str, pairs, device: str, batch_tokens: int | No
     eng._ids.clear()
     t_tok, _ = _timed(lambda: eng._token_ids([t for p in pairs for t in p]))
     t_pretok, _ = _timed(ours, repeat=2)  # ids cached: model compute plus pair building
-    res.update(ours_s=t_ours, ours_pairs_s=len(pairs) / t_ours, tokenize_s=t_tok,
-               pretokenized_pairs_s=len(pairs) / t_pretok)
+    res.update(
+        ours_s=t_ours,
+        ours_pairs_s=len(pairs) / t_ours,
+        tokenize_s=t_tok,
+        pretokenized_pairs_s=len(pairs) / t_pretok,
+    )
     if baseline:
         from sentence_transformers import CrossEncoder
 
         ce = CrossEncoder(eng.path, device=device)
         ce.predict(warm, batch_size=32, show_progress_bar=False)
-        t_base, s_base = _timed(lambda: ce.predict(pairs, batch_size=32, show_progress_bar=False,
-                                                   activation_fn=torch.nn.Identity()))
-        res.update(baseline_s=t_base, baseline_pairs_s=len(pairs) / t_base, ratio=t_base / t_ours,
-                   max_abs_logit_diff=float(np.abs(np.asarray(s_base) - s_ours).max()),
-                   max_abs_sigmoid_diff=float(np.abs(1 / (1 + np.exp(-np.asarray(s_base))) -
-                                                     1 / (1 + np.exp(-s_ours))).max()),
-                   top10_agreement=_top10_agreement(pairs, np.asarray(s_base), s_ours))
+        t_base, s_base = _timed(
+            lambda: ce.predict(
+                pairs, batch_size=32, show_progress_bar=False, activation_fn=torch.nn.Identity()
+            )
+        )
+        res.update(
+            baseline_s=t_base,
+            baseline_pairs_s=len(pairs) / t_base,
+            ratio=t_base / t_ours,
+            max_abs_logit_diff=float(np.abs(np.asarray(s_base) - s_ours).max()),
+            max_abs_sigmoid_diff=float(
+                np.abs(1 / (1 + np.exp(-np.asarray(s_base))) - 1 / (1 + np.exp(-s_ours))).max()
+            ),
+            top10_agreement=_top10_agreement(pairs, np.asarray(s_base), s_ours),
+        )
         del ce
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -134,11 +155,19 @@ def cross_encoder_section(model: str, pairs, device: str, batch_tokens: int | No
             eng.score_pairs(sub)
             _sync(device)
         key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key.replace("cuda", "device"), 0) or
-                        getattr(e, key, 0), reverse=True)
+        events = sorted(
+            prof.key_averages(),
+            key=lambda e: getattr(e, key.replace("cuda", "device"), 0) or getattr(e, key, 0),
+            reverse=True,
+        )
         total = sum((getattr(e, key.replace("cuda", "device"), 0) or getattr(e, key, 0)) for e in events) or 1
-        res["profile"] = [{"op": e.key, "share": (getattr(e, key.replace("cuda", "device"), 0) or
-                                                  getattr(e, key, 0)) / total} for e in events[:8]]
+        res["profile"] = [
+            {
+                "op": e.key,
+                "share": (getattr(e, key.replace("cuda", "device"), 0) or getattr(e, key, 0)) / total,
+            }
+            for e in events[:8]
+        ]
         res["profile_tokenize_s_1000"] = tok
     return res
 
@@ -171,8 +200,11 @@ def bm25_section(root: Path) -> dict:
         t_index, _ = _timed(lambda r=r: r.index(ds))
         r.retrieve(queries[:5], 100)
         t_query, ranking = _timed(lambda r=r: r.retrieve(queries, 100))
-        res[backend] = {"index_s": t_index, "queries_s": len(queries) / t_query,
-                        "ndcg@10": float(evaluate(ds.qrels(), ranking, metrics)["ndcg@10"].mean())}
+        res[backend] = {
+            "index_s": t_index,
+            "queries_s": len(queries) / t_query,
+            "ndcg@10": float(evaluate(ds.qrels(), ranking, metrics)["ndcg@10"].mean()),
+        }
     res["ratio"] = res["bm25s"]["queries_s"] / res["rank_bm25"]["queries_s"]
     return res
 
@@ -191,59 +223,99 @@ def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict
     base.encode(texts[:32], batch_size=32)
     t_base, e_base = _timed(lambda: base.encode(texts, batch_size=32, normalize_embeddings=True))
     cos = (e_ours * e_base).sum(1)
-    return {"docs": len(texts), "dtype": str(ours.dtype).removeprefix("torch."), "baseline_docs_s": len(texts) / t_base,
-            "ours_docs_s": len(texts) / t_ours, "ratio": t_base / t_ours, "min_cosine_to_fp32": float(cos.min())}
+    return {
+        "docs": len(texts),
+        "dtype": str(ours.dtype).removeprefix("torch."),
+        "baseline_docs_s": len(texts) / t_base,
+        "ours_docs_s": len(texts) / t_ours,
+        "ratio": t_base / t_ours,
+        "min_cosine_to_fp32": float(cos.min()),
+    }
 
 
 def render(res: dict) -> str:
     ce, lines = res.get("cross_encoder"), []
-    lines += ["# rerank-eval perf", "",
-              f"Command: `{res['command']}`; {res['date']}; device: {res['device_name']} "
-              f"({res['threads']} torch threads). Every ratio compares two runs made side by side in this one run.",
-              "", "| component | baseline | ours | ratio | notes |", "|---|---:|---:|---:|---|"]
+    lines += [
+        "# rerank-eval perf",
+        "",
+        f"Command: `{res['command']}`; {res['date']}; device: {res['device_name']} "
+        f"({res['threads']} torch threads). Every ratio compares two runs made side by side in this one run.",
+        "",
+        "| component | baseline | ours | ratio | notes |",
+        "|---|---:|---:|---:|---|",
+    ]
     if ce:
         base = f"{ce['baseline_pairs_s']:,.0f} pairs/s" if "baseline_pairs_s" in ce else "not run"
         ratio = f"{ce['ratio']:.2f}x" if "ratio" in ce else ""
-        notes = (f"{ce['pairs']:,} DL19 BM25 top-100 pairs; `CrossEncoder.predict(batch_size=32)` fp32 vs "
-                 f"`CrossEncoderEngine` {ce['dtype']}, {ce['batch_tokens']} tokens/batch"
-                 f"{', torch.compile' if ce.get('compile') else ''}")
+        notes = (
+            f"{ce['pairs']:,} DL19 BM25 top-100 pairs; `CrossEncoder.predict(batch_size=32)` fp32 vs "
+            f"`CrossEncoderEngine` {ce['dtype']}, {ce['batch_tokens']} tokens/batch"
+            f"{', torch.compile' if ce.get('compile') else ''}"
+        )
         if "max_abs_sigmoid_diff" in ce:
-            notes += (f"; max |Δ sigmoid score| {ce['max_abs_sigmoid_diff']:.4f}, per-query top-10 overlap "
-                      f"{ce['top10_agreement']:.3f}")
-        lines.append(f"| cross-encoder, end to end | {base} | {ce['ours_pairs_s']:,.0f} pairs/s | {ratio} | {notes} |")
-        lines.append(f"| cross-encoder, ids cached (model + batching) | | {ce['pretokenized_pairs_s']:,.0f} pairs/s | | "
-                     f"tokenizing the unique texts took {ce['tokenize_s']:.3f} s of the end-to-end run |")
+            notes += (
+                f"; max |Δ sigmoid score| {ce['max_abs_sigmoid_diff']:.4f}, per-query top-10 overlap "
+                f"{ce['top10_agreement']:.3f}"
+            )
+        lines.append(
+            f"| cross-encoder, end to end | {base} | {ce['ours_pairs_s']:,.0f} pairs/s | {ratio} | {notes} |"
+        )
+        lines.append(
+            f"| cross-encoder, ids cached (model + batching) | | {ce['pretokenized_pairs_s']:,.0f} pairs/s | | "
+            f"tokenizing the unique texts took {ce['tokenize_s']:.3f} s of the end-to-end run |"
+        )
         mem = f"peak RSS {ce['peak_rss_mib']:,.0f} MiB" + (
-            f", peak CUDA allocations {ce['peak_gpu_mib']:,.0f} MiB" if ce.get("peak_gpu_mib") else "")
-        lines.append(f"| cross-encoder, peak memory | | {mem} | | a fresh process scoring all {ce['pairs']:,} pairs "
-                     "(model and libraries included) |")
+            f", peak CUDA allocations {ce['peak_gpu_mib']:,.0f} MiB" if ce.get("peak_gpu_mib") else ""
+        )
+        lines.append(
+            f"| cross-encoder, peak memory | | {mem} | | a fresh process scoring all {ce['pairs']:,} pairs "
+            "(model and libraries included) |"
+        )
     if "bm25" in res:
         b = res["bm25"]
-        lines.append(f"| BM25 query throughput | {b['rank_bm25']['queries_s']:,.0f} q/s (rank-bm25) | "
-                     f"{b['bm25s']['queries_s']:,.0f} q/s (bm25s) | {b['ratio']:.0f}x | SciFact, {b['queries']} queries, "
-                     f"top 100; nDCG@10 {b['rank_bm25']['ndcg@10']:.4f} vs {b['bm25s']['ndcg@10']:.4f}; index "
-                     f"{b['rank_bm25']['index_s']:.1f} s vs {b['bm25s']['index_s']:.1f} s |")
+        lines.append(
+            f"| BM25 query throughput | {b['rank_bm25']['queries_s']:,.0f} q/s (rank-bm25) | "
+            f"{b['bm25s']['queries_s']:,.0f} q/s (bm25s) | {b['ratio']:.0f}x | SciFact, {b['queries']} queries, "
+            f"top 100; nDCG@10 {b['rank_bm25']['ndcg@10']:.4f} vs {b['bm25s']['ndcg@10']:.4f}; index "
+            f"{b['rank_bm25']['index_s']:.1f} s vs {b['bm25s']['index_s']:.1f} s |"
+        )
     if "bi_encoder" in res:
         e = res["bi_encoder"]
-        lines.append(f"| bi-encoder encoding | {e['baseline_docs_s']:,.0f} docs/s | {e['ours_docs_s']:,.0f} docs/s | "
-                     f"{e['ratio']:.2f}x | {e['docs']} SciFact abstracts; `encode(batch_size=32)` fp32 vs `BiEncoder` "
-                     f"{e['dtype']}; min cosine to the fp32 vectors {e['min_cosine_to_fp32']:.4f} |")
+        lines.append(
+            f"| bi-encoder encoding | {e['baseline_docs_s']:,.0f} docs/s | {e['ours_docs_s']:,.0f} docs/s | "
+            f"{e['ratio']:.2f}x | {e['docs']} SciFact abstracts; `encode(batch_size=32)` fp32 vs `BiEncoder` "
+            f"{e['dtype']}; min cosine to the fp32 vectors {e['min_cosine_to_fp32']:.4f} |"
+        )
     if ce and ce.get("profile"):
-        lines += ["", f"Where the engine's time goes ({ce['device']}, first 1,000 pairs, torch profiler, self time):", "",
-                  "| op | share |", "|---|---:|"]
+        lines += [
+            "",
+            f"Where the engine's time goes ({ce['device']}, first 1,000 pairs, torch profiler, self time):",
+            "",
+            "| op | share |",
+            "|---|---:|",
+        ]
         lines += [f"| `{p['op']}` | {p['share']:.1%} |" for p in ce["profile"]]
-        lines += ["", f"Tokenizing those 1,000 pairs' unique texts took {ce['profile_tokenize_s_1000']:.3f} s."]
+        lines += [
+            "",
+            f"Tokenizing those 1,000 pairs' unique texts took {ce['profile_tokenize_s_1000']:.3f} s.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    ap = argparse.ArgumentParser(prog="python -m rerank_eval.perf", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m rerank_eval.perf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--model", default=str(PROJECT_ROOT.parent / "shared" / "models" / "scifact-minilm-l6-ce"),
-                    help="cross-encoder to time (speed does not depend on its weights)")
+    ap.add_argument(
+        "--model",
+        default=str(PROJECT_ROOT.parent / "shared" / "models" / "scifact-minilm-l6-ce"),
+        help="cross-encoder to time (speed does not depend on its weights)",
+    )
     ap.add_argument("--data", default=None, help="folder holding scifact/ and msmarco-dl19-passage/")
     ap.add_argument("--sections", default="cross_encoder,bm25,bi_encoder")
     ap.add_argument("--pairs", type=int, default=None, help="time only the first N DL19 pairs")
@@ -259,15 +331,26 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     root = _data_root(args.data)
     sections = set(args.sections.split(","))
-    res: dict = {"command": "python -m rerank_eval.perf " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads(),
-                 "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else
-                 f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"}
+    res: dict = {
+        "command": "python -m rerank_eval.perf "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
+    }
     if "cross_encoder" in sections:
         print("cross-encoder ...", flush=True)
-        res["cross_encoder"] = cross_encoder_section(args.model, dl19_pairs(root, args.pairs), device,
-                                                     args.batch_tokens or None, not args.no_baseline, profile=True,
-                                                     compile=args.compile)
+        res["cross_encoder"] = cross_encoder_section(
+            args.model,
+            dl19_pairs(root, args.pairs),
+            device,
+            args.batch_tokens or None,
+            not args.no_baseline,
+            profile=True,
+            compile=args.compile,
+        )
     if "bm25" in sections:
         print("bm25 ...", flush=True)
         res["bm25"] = bm25_section(root)

@@ -39,20 +39,34 @@ def check_depths(candidates: int, top_k: int) -> None:
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if top_k > candidates:
-        raise ConfigError(f"top_k ({top_k}) is larger than candidates ({candidates}); the final list is cut from "
-                          f"the reranked candidates, so set candidates>={top_k} or top_k<={candidates}")
+        raise ConfigError(
+            f"top_k ({top_k}) is larger than candidates ({candidates}); the final list is cut from "
+            f"the reranked candidates, so set candidates>={top_k} or top_k<={candidates}"
+        )
 
 
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="q", leave=False,
-                disable=not enabled or bool(os.environ.get("RERANK_EVAL_NO_PROGRESS")))
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="q",
+        leave=False,
+        disable=not enabled or bool(os.environ.get("RERANK_EVAL_NO_PROGRESS")),
+    )
 
 
-def run_pipeline(dataset: Dataset, retriever: Retriever, reranker: Reranker | None, candidates: int, top_k: int,
-                 cache: ScoreCache | None = None, queries: Sequence[Query] | None = None,
-                 progress: bool = True) -> PipelineResult:
+def run_pipeline(
+    dataset: Dataset,
+    retriever: Retriever,
+    reranker: Reranker | None,
+    candidates: int,
+    top_k: int,
+    cache: ScoreCache | None = None,
+    queries: Sequence[Query] | None = None,
+    progress: bool = True,
+) -> PipelineResult:
     """Run one pipeline over the dataset's queries.
 
     Args:
@@ -91,8 +105,14 @@ def run_pipeline(dataset: Dataset, retriever: Retriever, reranker: Reranker | No
     return result
 
 
-def _rerank(dataset: Dataset, reranker: Reranker, queries: Sequence[Query], cache: ScoreCache | None,
-            progress: bool, result: PipelineResult) -> None:
+def _rerank(
+    dataset: Dataset,
+    reranker: Reranker,
+    queries: Sequence[Query],
+    cache: ScoreCache | None,
+    progress: bool,
+    result: PipelineResult,
+) -> None:
     texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
     if not reranker.pointwise:
         cache = None  # a listwise score depends on the other documents: never reuse it across lists
@@ -114,7 +134,9 @@ def _rerank(dataset: Dataset, reranker: Reranker, queries: Sequence[Query], cach
                 fresh = reranker.score(q, [docs[i] for i in todo])
                 ms = (time.perf_counter() - t) * 1e3
                 if len(fresh) != len(todo):
-                    raise RuntimeError(f"{reranker.name} returned {len(fresh)} scores for {len(todo)} documents")
+                    raise RuntimeError(
+                        f"{reranker.name} returned {len(fresh)} scores for {len(todo)} documents"
+                    )
                 scores[todo] = fresh
                 cost += ms
                 if cache is not None:

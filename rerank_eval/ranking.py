@@ -9,7 +9,9 @@ import numpy as np
 from .types import ScoredDoc
 
 
-def top_k(doc_ids: Sequence[str], scores: Sequence[float] | np.ndarray, k: int | None = None) -> list[ScoredDoc]:
+def top_k(
+    doc_ids: Sequence[str], scores: Sequence[float] | np.ndarray, k: int | None = None
+) -> list[ScoredDoc]:
     """The ``k`` best documents by score, descending; ties keep the input order.
 
     Pass documents in first-stage rank order to break reranker ties by first-stage rank. Scores are kept as

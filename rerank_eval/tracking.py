@@ -17,8 +17,17 @@ from pathlib import Path
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rerank-eval", "torch", "transformers", "sentence-transformers", "ranx", "ir-datasets", "bm25s",
-            "mlflow", "hydra-core")
+PACKAGES = (
+    "rerank-eval",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "ranx",
+    "ir-datasets",
+    "bm25s",
+    "mlflow",
+    "hydra-core",
+)
 
 
 def default_uri() -> str:
@@ -27,10 +36,16 @@ def default_uri() -> str:
 
 def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
@@ -69,11 +84,15 @@ class Tracker:
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as e:  # MLflow raises many types for an unreachable or read-only store
-            raise ConfigError(f"cannot use the MLflow store {self.uri} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); set MLFLOW_TRACKING_URI to a reachable store") from e
+            raise ConfigError(
+                f"cannot use the MLflow store {self.uri} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); set MLFLOW_TRACKING_URI to a reachable store"
+            ) from e
         self.experiment = experiment
 
-    def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str:
+    def start_run(
+        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+    ) -> str:
         """Open a run (a sweep's or study's parent, or a job) and return its id."""
         all_tags = {"mlflow.runName": name, "git_commit": git_commit(), **package_versions(), **(tags or {})}
         if parent_run_id:
@@ -81,9 +100,17 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         return run.info.run_id
 
-    def log(self, run_id: str, params: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None,
-            tags: Mapping[str, str] | None = None, artifacts: list[Path] | None = None) -> None:
-        """Log params, metrics, tags and artifact files or folders (missing paths are skipped)."""
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        artifacts: list[Path] | None = None,
+        steps: Mapping[str, Mapping[int, float]] | None = None,
+    ) -> None:
+        """Log params, metrics, tags and artifact files or folders (missing paths are skipped). ``steps`` logs a
+        curve as one metric's history (e.g. ``recall_curve`` with the cutoff k as the step)."""
         import time
 
         from mlflow.entities import Metric, Param, RunTag
@@ -91,10 +118,15 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Param(k[:250], str(v)[:6000]) for k, v in (params or {}).items()]
         for start in range(0, len(items), 90):
-            self.client.log_batch(run_id, params=items[start:start + 90])
+            self.client.log_batch(run_id, params=items[start : start + 90])
         mets = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        mets += [
+            Metric(k, float(v), now, int(step))
+            for k, curve in (steps or {}).items()
+            for step, v in curve.items()
+        ]
         for start in range(0, len(mets), 900):
-            self.client.log_batch(run_id, metrics=mets[start:start + 900])
+            self.client.log_batch(run_id, metrics=mets[start : start + 900])
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
         for path in artifacts or []:
@@ -106,12 +138,39 @@ class Tracker:
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
-    def log_job(self, name: str, params: Mapping[str, str], metrics: Mapping[str, float], tags: Mapping[str, str],
-                artifacts: list[Path], parent_run_id: str | None = None) -> str:
+    def find_finished(self, fingerprint: str) -> str | None:
+        """The newest finished run of this experiment with this fingerprint, or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'",
+        )
+        return runs[0].info.run_id if runs else None
+
+    def download(self, run_id: str, names: list[str], dest: Path) -> None:
+        """Fetch a run's artifacts into ``dest`` (each file renamed into place whole)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            for name in names:
+                got = self.client.download_artifacts(run_id, name, tmp)
+                os.replace(got, dest / name)
+
+    def log_job(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        artifacts: list[Path],
+        parent_run_id: str | None = None,
+        steps: Mapping[str, Mapping[int, float]] | None = None,
+    ) -> str:
         """Create one finished run holding a job's results and return its id."""
         run_id = self.start_run(name, tags, parent_run_id)
         try:
-            self.log(run_id, params, metrics, None, artifacts)
+            self.log(run_id, params, metrics, None, artifacts, steps)
         except BaseException:
             self.finish(run_id, ok=False)
             raise

@@ -66,16 +66,29 @@ def mine_groups(dataset: Dataset, retriever: Retriever, s: TrainSettings) -> lis
             else:  # too few hard negatives: fill up with random documents
                 if all_ids is None:
                     all_ids = [d.doc_id for d in dataset.corpus()]
-                pool = [d for d in rng.sample(all_ids, min(len(all_ids), 4 * s.negatives)) if rel.get(d, 0) <= 0]
+                pool = [
+                    d for d in rng.sample(all_ids, min(len(all_ids), 4 * s.negatives)) if rel.get(d, 0) <= 0
+                ]
                 negs = hard + pool[: s.negatives - len(hard)]
             groups.append({"query": q.text, "positive": pos, "negatives": negs})
     texts = dataset.docs(sorted({d for g in groups for d in [g["positive"], *g["negatives"]]}))
-    return [{"query": g["query"], "positive": texts[g["positive"]].full_text,
-             **{f"negative_{i + 1}": texts[d].full_text for i, d in enumerate(g["negatives"])}} for g in groups]
+    return [
+        {
+            "query": g["query"],
+            "positive": texts[g["positive"]].full_text,
+            **{f"negative_{i + 1}": texts[d].full_text for i, d in enumerate(g["negatives"])},
+        }
+        for g in groups
+    ]
 
 
-def train_cross_encoder(dataset: Dataset, retriever: Retriever, output_dir: str | Path,
-                        settings: TrainSettings | None = None, progress: bool = True) -> dict:
+def train_cross_encoder(
+    dataset: Dataset,
+    retriever: Retriever,
+    output_dir: str | Path,
+    settings: TrainSettings | None = None,
+    progress: bool = True,
+) -> dict:
     """Fine-tune and save a cross-encoder; returns what was done (counts, time, settings).
 
     Raises:
@@ -100,10 +113,19 @@ def train_cross_encoder(dataset: Dataset, retriever: Retriever, output_dir: str 
     rows = mine_groups(dataset, retriever, s)
     mined_s = time.perf_counter() - t0
     device = pick_device("auto")
-    use_bf16 = (s.bf16 is True or s.bf16 == "true" or (
-        s.bf16 == "auto" and (torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16())))
-    model = CrossEncoder(resolve_model(s.init_model), num_labels=1, max_length=s.max_length, device=device,
-                         model_kwargs={"dtype": torch.float32})  # fp32 master weights; bf16 autocast computes
+    use_bf16 = (
+        s.bf16 is True
+        or s.bf16 == "true"
+        or (s.bf16 == "auto" and (torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()))
+    )
+    model = CrossEncoder(
+        resolve_model(s.init_model),
+        num_labels=1,
+        max_length=s.max_length,
+        device=device,
+        model_kwargs={"dtype": torch.float32},
+    )  # fp32 master weights; bf16 autocast computes
+
     class GroupLoss(MultipleNegativesRankingLoss):
         """Softmax cross-entropy over each group; in_batch_negatives=0 adds no other group's documents."""
 
@@ -112,23 +134,45 @@ def train_cross_encoder(dataset: Dataset, retriever: Retriever, output_dir: str 
                 return iter(())
             return super().get_in_batch_negatives(anchors, candidates)
 
-    loss = GroupLoss(model, num_negatives=s.in_batch_negatives or None, scale=1.0, activation_fn=torch.nn.Identity())
+    loss = GroupLoss(
+        model, num_negatives=s.in_batch_negatives or None, scale=1.0, activation_fn=torch.nn.Identity()
+    )
     tmp = out.with_name(f".{out.name}.partial")
     args = CrossEncoderTrainingArguments(
-        output_dir=str(tmp / "trainer"), num_train_epochs=s.epochs, max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_groups, learning_rate=s.learning_rate, weight_decay=s.weight_decay,
-        warmup_steps=s.warmup_ratio, lr_scheduler_type="linear", max_grad_norm=1.0, bf16=use_bf16,
-        use_cpu=device == "cpu", seed=s.seed, save_strategy="no", logging_steps=20, report_to="none",
-        disable_tqdm=not progress or bool(os.environ.get("RERANK_EVAL_NO_PROGRESS")), dataloader_drop_last=True,
+        output_dir=str(tmp / "trainer"),
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_groups,
+        learning_rate=s.learning_rate,
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_ratio,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        bf16=use_bf16,
+        use_cpu=device == "cpu",
+        seed=s.seed,
+        save_strategy="no",
+        logging_steps=20,
+        report_to="none",
+        disable_tqdm=not progress or bool(os.environ.get("RERANK_EVAL_NO_PROGRESS")),
+        dataloader_drop_last=True,
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=HFDataset.from_list(rows), loss=loss)
     t1 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t1
     model.save_pretrained(str(tmp))
-    info = {"dataset": dataset.name, "groups": len(rows), "pairs_per_epoch": len(rows) * (1 + s.negatives),
-            "steps": trainer.state.global_step, "mine_s": round(mined_s, 1), "train_s": round(train_s, 1),
-            "device": device, "bf16": use_bf16, "settings": asdict(s)}
+    info = {
+        "dataset": dataset.name,
+        "groups": len(rows),
+        "pairs_per_epoch": len(rows) * (1 + s.negatives),
+        "steps": trainer.state.global_step,
+        "mine_s": round(mined_s, 1),
+        "train_s": round(train_s, 1),
+        "device": device,
+        "bf16": use_bf16,
+        "settings": asdict(s),
+    }
     (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
     import shutil
 
@@ -156,10 +200,14 @@ def main() -> None:
         settings = TrainSettings(**plain["train"])
         dataset = build(cfg.dataset, "dataset")
         retriever = build(cfg.retriever, "retriever")
-        info = train_cross_encoder(dataset, retriever, plain["output"], settings, progress=plain.get("progress", True))
-        print(f"trained on {info['groups']} groups ({info['steps']} steps) in {info['train_s']:.0f}s on "
-              f"{info['device']}; model in {plain['output']}\n  evaluate: python -m rerank_eval dataset="
-              f"{plain['dataset']['name']} reranker=cross_encoder reranker.model={plain['output']}")
+        info = train_cross_encoder(
+            dataset, retriever, plain["output"], settings, progress=plain.get("progress", True)
+        )
+        print(
+            f"trained on {info['groups']} groups ({info['steps']} steps) in {info['train_s']:.0f}s on "
+            f"{info['device']}; model in {plain['output']}\n  evaluate: python -m rerank_eval dataset="
+            f"{plain['dataset']['name']} reranker=cross_encoder reranker.model={plain['output']}"
+        )
 
     friendly_errors(_train)()
 

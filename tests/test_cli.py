@@ -12,11 +12,26 @@ TINY_DS = ["dataset=beir_dir", f"dataset.path={TINY}", "dataset.name=tiny"]
 
 
 def cli(tmp_path, *args, module="rerank_eval", check=True):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
-           "RERANK_EVAL_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / 'out'}",
-                           f"hydra.sweep.dir={tmp_path / 'multi'}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+        "RERANK_EVAL_CACHE": str(tmp_path / "cache"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            f"hydra.run.dir={tmp_path / 'out'}",
+            f"hydra.sweep.dir={tmp_path / 'multi'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -31,18 +46,39 @@ def runs(tmp_path, experiment="rerank-eval"):
 
 
 def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
-    proc = cli(tmp_path, *TINY_DS, "retriever=bm25", "reranker=cross_encoder", f"reranker.model={CE_MODEL}",
-               "reranker.max_length=128", "candidates=4", "top_k=2")
-    assert "tiny/bm25-bm25s/ce-scifact-minilm-l6-ce@4: ndcg@10=" in proc.stdout
+    proc = cli(
+        tmp_path,
+        *TINY_DS,
+        "retriever=bm25",
+        "reranker=cross_encoder",
+        f"reranker.model={CE_MODEL}",
+        "reranker.max_length=128",
+        "candidates=4",
+        "top_k=2",
+    )
+    assert "tiny/bm25-bm25s/ce-scifact-minilm-l6-ce@4/top2: ndcg@10=" in proc.stdout
     client, found = runs(tmp_path)
     assert len(found) == 1
     run = found[0]
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert p["candidates"] == "4" and p["top_k"] == "2" and p["reranker.model"] == str(CE_MODEL)
     assert p["metrics"].startswith("['ndcg@1'") and "recall@2" in p["metrics"]
-    for key in ("ndcg_at_10", "mrr_at_10", "recall_at_2", "recall_at_100", "map_at_100", "judged_at_10",
-                "first_stage_ndcg_at_10", "delta_ndcg_at_10", "pvalue_ndcg_at_10", "reranker_ms_p50",
-                "reranker_ms_p95", "reranker_ms_mean", "first_stage_ms_p50", "pairs_scored"):
+    for key in (
+        "ndcg_at_10",
+        "mrr_at_10",
+        "recall_at_2",
+        "recall_at_100",
+        "map_at_100",
+        "judged_at_10",
+        "first_stage_ndcg_at_10",
+        "delta_ndcg_at_10",
+        "pvalue_ndcg_at_10",
+        "reranker_ms_p50",
+        "reranker_ms_p95",
+        "reranker_ms_mean",
+        "first_stage_ms_p50",
+        "pairs_scored",
+    ):
         assert key in m, key
     assert m["pairs_scored"] == 8  # 2 judged queries x 4 candidates
     assert t["dataset"] == "tiny" and t["reranker"] == "ce-scifact-minilm-l6-ce" and t["git_commit"]
@@ -60,8 +96,16 @@ def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
 
 
 def test_two_job_multirun(tmp_path):
-    proc = cli(tmp_path, "-m", *TINY_DS, "retriever=bm25", "reranker=none", "candidates=3,5", "top_k=1",
-               "mlflow.experiment=sweep")
+    proc = cli(
+        tmp_path,
+        "-m",
+        *TINY_DS,
+        "retriever=bm25",
+        "reranker=none",
+        "candidates=3,5",
+        "top_k=1",
+        "mlflow.experiment=sweep",
+    )
     assert proc.stdout.count("; results in ") == 2
     _, found = runs(tmp_path, "sweep")
     assert sorted(r.data.params["candidates"] for r in found) == ["3", "5"]
@@ -71,14 +115,26 @@ def test_two_job_multirun(tmp_path):
 BAD = [
     (["dataset=scifactt"], "unknown dataset 'scifactt'; choose dataset= one of: arguana, beir_dir,"),
     (["retriever=bm42"], "unknown retriever 'bm42'; choose retriever= one of: bm25, dense, hybrid, run"),
-    (["reranker=colbertt"], "unknown reranker 'colbertt'; choose reranker= one of: bi_encoder, cross_encoder, none"),
+    (
+        ["reranker=colbertt"],
+        "unknown reranker 'colbertt'; choose reranker= one of: bi_encoder, cross_encoder, none",
+    ),
     (["dataset=beir_dir", "dataset.path=/no/such/folder"], "dataset folder /no/such/folder does not exist"),
     (["dataset=beir_dir"], "dataset.path is required; pass dataset.path=<value>"),
     ([*TINY_DS, "candidates=5", "top_k=10"], "top_k (10) is larger than candidates (5)"),
     ([*TINY_DS, "candidates=0"], "candidates must be a positive integer, got 0"),
-    ([*TINY_DS, "retriever=run", f"retriever.path={ROOT.parent / 'shared/data/msmarco-dl19-passage/runs/bm25.top100.trec'}"],
-     "names 43 queries that tiny lacks"),
-    ([*TINY_DS, "reranker=cross_encoder", "reranker.model=./models/nope"], "model path ./models/nope does not exist"),
+    (
+        [
+            *TINY_DS,
+            "retriever=run",
+            f"retriever.path={ROOT.parent / 'shared/data/msmarco-dl19-passage/runs/bm25.top100.trec'}",
+        ],
+        "names 43 queries that tiny lacks",
+    ),
+    (
+        [*TINY_DS, "reranker=cross_encoder", "reranker.model=./models/nope"],
+        "model path ./models/nope does not exist",
+    ),
     ([*TINY_DS, "metrics=[ndcg@10,ndgc@5]"], "unknown metric 'ndgc@5'"),
 ]
 

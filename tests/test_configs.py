@@ -11,7 +11,10 @@ from rerank_eval.config import build, build_components, check_no_secrets, flatte
 from rerank_eval.datasets import BeirDirDataset, IrDatasetsDataset
 from rerank_eval.errors import ConfigError
 
-GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("dataset", "retriever", "reranker")}
+GROUPS = {
+    g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+    for g in ("dataset", "retriever", "reranker")
+}
 LOCAL = {"scifact", "msmarco-dl19", "vaswani", "cranfield"}
 
 
@@ -21,8 +24,21 @@ def compose_cfg(*overrides, name="config"):
 
 
 def test_groups_hold_the_promised_options():
-    assert {"scifact", "msmarco-dl19", "msmarco-dl20", "msmarco-dev", "vaswani", "cranfield", "beir_dir", "nfcorpus",
-            "fiqa", "arguana", "scidocs", "trec-covid", "quora"} <= set(GROUPS["dataset"])
+    assert {
+        "scifact",
+        "msmarco-dl19",
+        "msmarco-dl20",
+        "msmarco-dev",
+        "vaswani",
+        "cranfield",
+        "beir_dir",
+        "nfcorpus",
+        "fiqa",
+        "arguana",
+        "scidocs",
+        "trec-covid",
+        "quora",
+    } <= set(GROUPS["dataset"])
     assert set(GROUPS["retriever"]) == {"bm25", "run", "dense", "hybrid"}
     assert {"none", "cross_encoder", "bi_encoder"} <= set(GROUPS["reranker"])
 
@@ -30,8 +46,9 @@ def test_groups_hold_the_promised_options():
 @pytest.mark.parametrize("name", GROUPS["dataset"])
 def test_every_dataset_composes_and_instantiates(name, tmp_path, monkeypatch):
     monkeypatch.setenv("RERANK_EVAL_DATA", str(tmp_path))  # only ../shared/data holds local copies
-    over = [f"dataset={name}"] + (["dataset.path=" + str(Path(__file__).parent / "data" / "tiny")]
-                                  if name == "beir_dir" else [])
+    over = [f"dataset={name}"] + (
+        ["dataset.path=" + str(Path(__file__).parent / "data" / "tiny")] if name == "beir_dir" else []
+    )
     cfg = compose_cfg(*over)
     assert cfg.dataset.irds_id or name == "beir_dir"
     ds = build(cfg.dataset, "dataset")

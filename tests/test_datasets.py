@@ -10,7 +10,10 @@ from rerank_eval.types import Doc, Query
 
 
 def test_tiny_records(tiny):
-    assert tiny.queries() == [Query("q1", "what do cats eat"), Query("q2", "stock market news")]  # q3 is unjudged
+    assert tiny.queries() == [
+        Query("q1", "what do cats eat"),
+        Query("q2", "stock market news"),
+    ]  # q3 is unjudged
     assert tiny.qrels() == {"q1": {"d4": 2, "d1": 1, "d2": 0}, "q2": {"d3": 1}}
     assert tiny.docs(["d4"]) == {"d4": Doc("d4", "what cats eat: fish and meat", "Cat food")}
     assert tiny.docs(["d4"])["d4"].full_text == "Cat food what cats eat: fish and meat"
@@ -26,17 +29,54 @@ def test_unknown_doc_ids_name_the_problem(tiny):
 @pytest.mark.parametrize(
     "folder, split, n_docs, n_queries, n_qrels, query, doc",
     [
-        ("scifact", "test", 5183, 300, 339, ("1", "0-dimensional biomaterials show inductive properties."),
-         ("4983", "Microstructural development of human new", "Alterations of the architecture of cereb")),
-        ("scifact", "train", 5183, 809, 919, ("0", "0-dimensional biomaterials lack inductive properties."), None),
-        ("msmarco-dl19-passage", "test", 16157, 43, 9260, ("19335", "anthropological definition of environment"),
-         ("350", "", "The melting point of a substance is the ")),
-        ("vaswani", "test", 11429, 93, 2083,
-         ("1", "MEASUREMENT OF DIELECTRIC CONSTANT OF LIQUIDS BY THE USE OF MICROWAVE TECHNIQUES"),
-         ("1", "", "compact memories have flexible capacitie")),
-        ("cranfield", "test", 1400, 225, 1837,
-         ("1", "what similarity laws must be obeyed when constructing aeroelastic models of heated high speed aircraft ."),
-         ("1", "experimental investigation of the aerody", "experimental investigation of the aerody")),
+        (
+            "scifact",
+            "test",
+            5183,
+            300,
+            339,
+            ("1", "0-dimensional biomaterials show inductive properties."),
+            ("4983", "Microstructural development of human new", "Alterations of the architecture of cereb"),
+        ),
+        (
+            "scifact",
+            "train",
+            5183,
+            809,
+            919,
+            ("0", "0-dimensional biomaterials lack inductive properties."),
+            None,
+        ),
+        (
+            "msmarco-dl19-passage",
+            "test",
+            16157,
+            43,
+            9260,
+            ("19335", "anthropological definition of environment"),
+            ("350", "", "The melting point of a substance is the "),
+        ),
+        (
+            "vaswani",
+            "test",
+            11429,
+            93,
+            2083,
+            ("1", "MEASUREMENT OF DIELECTRIC CONSTANT OF LIQUIDS BY THE USE OF MICROWAVE TECHNIQUES"),
+            ("1", "", "compact memories have flexible capacitie"),
+        ),
+        (
+            "cranfield",
+            "test",
+            1400,
+            225,
+            1837,
+            (
+                "1",
+                "what similarity laws must be obeyed when constructing aeroelastic models of heated high speed aircraft .",
+            ),
+            ("1", "experimental investigation of the aerody", "experimental investigation of the aerody"),
+        ),
     ],
 )
 def test_real_collections(folder, split, n_docs, n_queries, n_qrels, query, doc):
@@ -88,12 +128,16 @@ def test_ir_datasets_path_gives_the_same_records(tmp_path, tiny):
     docs = tmp_path / "docs.tsv"
     docs.write_text("".join(f"{d.doc_id}\t{d.text}\n" for d in tiny.corpus()), encoding="utf-8")
     queries = tmp_path / "queries.tsv"
-    queries.write_text("q1\twhat do cats eat\nq2\tstock market news\nq3\tan unjudged query\n", encoding="utf-8")
+    queries.write_text(
+        "q1\twhat do cats eat\nq2\tstock market news\nq3\tan unjudged query\n", encoding="utf-8"
+    )
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("".join(f"{q} 0 {d} {g}\n" for q, rel in tiny.qrels().items() for d, g in rel.items()))
     if "rerank-eval-test/tiny" not in ir_datasets.registry:
-        ir_datasets.registry.register("rerank-eval-test/tiny", ir_datasets.create_dataset(
-            docs_tsv=str(docs), queries_tsv=str(queries), qrels_trec=str(qrels)))
+        ir_datasets.registry.register(
+            "rerank-eval-test/tiny",
+            ir_datasets.create_dataset(docs_tsv=str(docs), queries_tsv=str(queries), qrels_trec=str(qrels)),
+        )
     ds = load_dataset("tiny", irds_id="rerank-eval-test/tiny", source="irds")
     assert ds.queries() == tiny.queries()
     assert ds.qrels() == tiny.qrels()
@@ -114,11 +158,23 @@ def _folder(tmp_path, corpus_bytes: bytes, gz: bool = False):
 @pytest.mark.parametrize(
     "content, gz, message",
     [
-        (b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": \n', False, r"corpus.jsonl:2: not a JSON object"),
-        (b'{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n', False, r"document id 'd1' appears twice"),
+        (
+            b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": \n',
+            False,
+            r"corpus.jsonl:2: not a JSON object",
+        ),
+        (
+            b'{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n',
+            False,
+            r"document id 'd1' appears twice",
+        ),
         (b'{"_id": "d1", "text": "caf\xe9"}\n', False, r"corpus.jsonl:1: not valid UTF-8"),
         (b'{"_id": "d1"}\n', False, r"corpus.jsonl:1: expected a JSON object with keys \['_id', 'text'\]"),
-        (gzip.compress(json.dumps({"_id": "d1", "text": "a" * 5000}).encode())[:60], True, r"truncated or corrupt gzip"),
+        (
+            gzip.compress(json.dumps({"_id": "d1", "text": "a" * 5000}).encode())[:60],
+            True,
+            r"truncated or corrupt gzip",
+        ),
         (b"", False, r"holds no documents"),
     ],
 )

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import CE_MODEL
 
-from rerank_eval.engine import CrossEncoderEngine, resolve_model, truncate_pair
+from rerank_eval.engine import CrossEncoderEngine, model_fingerprint, resolve_model, truncate_pair
 from rerank_eval.errors import BackendUnavailableError
 
 
@@ -71,3 +71,21 @@ def test_model_resolution():
     assert resolve_model("cross-encoder/ms-marco-MiniLM-L-6-v2") == "cross-encoder/ms-marco-MiniLM-L-6-v2"
     with pytest.raises(BackendUnavailableError, match="model path ./no/such/model does not exist"):
         resolve_model("./no/such/model")
+
+
+def test_reranker_identity_changes_with_every_score_setting():
+    from rerank_eval.rerankers.cross_encoder import CrossEncoderReranker
+
+    base = CrossEncoderReranker(str(CE_MODEL), max_length=128, dtype="fp32")
+    same = CrossEncoderReranker(str(CE_MODEL), max_length=128, dtype="fp32", batch_tokens=999)
+    assert base.identity == same.identity  # batching does not change scores
+    assert (
+        base.engine is CrossEncoderReranker(str(CE_MODEL), max_length=128, dtype="fp32").engine
+    )  # loaded once
+    for other in (
+        CrossEncoderReranker(str(CE_MODEL), max_length=64, dtype="fp32"),
+        CrossEncoderReranker(str(CE_MODEL), max_length=128, dtype="bf16"),
+        CrossEncoderReranker(str(CE_MODEL), max_length=128, dtype="fp32", activation=True),
+    ):
+        assert other.identity != base.identity
+    assert base.identity.split("|")[1] == model_fingerprint(str(CE_MODEL))

@@ -20,7 +20,9 @@ class Fixed:
         pass
 
     def retrieve(self, queries, k):
-        return {q.query_id: [ScoredDoc(d, float(10 - i)) for i, d in enumerate(self.doc_ids)][:k] for q in queries}
+        return {
+            q.query_id: [ScoredDoc(d, float(10 - i)) for i, d in enumerate(self.doc_ids)][:k] for q in queries
+        }
 
 
 class Counting:
@@ -110,12 +112,15 @@ def test_parallel_writers(tmp_path):
     assert cache._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-@pytest.mark.parametrize("candidates, top_k, message", [
-    (5, 10, r"top_k \(10\) is larger than candidates \(5\)"),
-    (0, 0, "candidates must be a positive integer, got 0"),
-    (-3, 1, "candidates must be a positive integer, got -3"),
-    (10, 2.5, "top_k must be a positive integer, got 2.5"),
-])
+@pytest.mark.parametrize(
+    "candidates, top_k, message",
+    [
+        (5, 10, r"top_k \(10\) is larger than candidates \(5\)"),
+        (0, 0, "candidates must be a positive integer, got 0"),
+        (-3, 1, "candidates must be a positive integer, got -3"),
+        (10, 2.5, "top_k must be a positive integer, got 2.5"),
+    ],
+)
 def test_depth_checks(candidates, top_k, message):
     with pytest.raises(ConfigError, match=message):
         check_depths(candidates, top_k)

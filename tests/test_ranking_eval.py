@@ -80,8 +80,11 @@ def test_parse_metrics_and_keys():
     assert m[0].key == "ndcg_at_10" and metric_key("recall@100") == "recall_at_100"
     assert parse_metrics(["map@100"])[0].ranx(2) == "map@100-l2"
     assert parse_metrics(["ndcg@10"])[0].ranx(2) == "ndcg@10"
-    for bad, msg in [("ndgc@10", "unknown metric 'ndgc@10'"), ("ndcg@0", "cutoff must be positive"),
-                     ("judged", "judged needs a cutoff")]:
+    for bad, msg in [
+        ("ndgc@10", "unknown metric 'ndgc@10'"),
+        ("ndcg@0", "cutoff must be positive"),
+        ("judged", "judged needs a cutoff"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             parse_metrics([bad])
     with pytest.raises(ConfigError, match="no metrics configured"):

@@ -32,8 +32,9 @@ def test_bm25_scores_equal_the_lucene_formula(tiny):
     r = BM25Retriever(k1=1.2, b=0.75)
     r.index(tiny)
     docs = list(tiny.corpus())
-    corpus_tokens = r._tok.tokenize([d.full_text for d in docs], return_as="string", show_progress=False,
-                                    update_vocab=False)
+    corpus_tokens = r._tok.tokenize(
+        [d.full_text for d in docs], return_as="string", show_progress=False, update_vocab=False
+    )
     q = Query("q1", "what do cats eat")
     expected = lucene_bm25(corpus_tokens, r.query_tokens([q])[0], 1.2, 0.75)
     got = {h.doc_id: h.score for h in r.retrieve([q], 5)["q1"]}
@@ -60,7 +61,9 @@ def test_bm25_on_scifact_lands_in_the_published_range(scifact):
     for backend in ("bm25s", "rank_bm25"):
         r = BM25Retriever(backend=backend)
         r.index(scifact)
-        scores[backend] = evaluate(scifact.qrels(), r.retrieve(scifact.queries(), 100), metrics)["ndcg@10"].mean()
+        scores[backend] = evaluate(scifact.qrels(), r.retrieve(scifact.queries(), 100), metrics)[
+            "ndcg@10"
+        ].mean()
     assert 0.665 <= scores["bm25s"] <= 0.679  # BEIR's published BM25 range on SciFact
     assert abs(scores["bm25s"] - scores["rank_bm25"]) <= 0.005
 
@@ -69,7 +72,10 @@ def test_run_replay_orders_by_score_then_rank(tiny):
     r = RunFileRetriever(path=str(TINY / "runs" / "demo.top100.trec"))
     r.index(tiny)
     got = r.retrieve(tiny.queries(), 2)
-    assert got == {"q1": [ScoredDoc("d1", 3.0), ScoredDoc("d4", 2.0)], "q2": [ScoredDoc("d5", 1.5), ScoredDoc("d3", 1.0)]}
+    assert got == {
+        "q1": [ScoredDoc("d1", 3.0), ScoredDoc("d4", 2.0)],
+        "q2": [ScoredDoc("d5", 1.5), ScoredDoc("d3", 1.0)],
+    }
     shipped = RunFileRetriever(name="demo")
     shipped.index(tiny)
     assert shipped.retrieve(tiny.queries(), 5) == r.retrieve(tiny.queries(), 5)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..engine import MINILM_ID, BiEncoder
+from ..engine import MINILM_ID, shared_bi_encoder
 from ..types import Doc, Query
 
 _MEMO: dict[str, dict[str, np.ndarray]] = {}
@@ -22,9 +22,17 @@ class BiEncoderReranker:
 
     pointwise = True
 
-    def __init__(self, model: str = MINILM_ID, device: str = "auto", dtype: str = "auto", batch_size: int = 128,
-                 max_length: int | None = None):
-        self.encoder = BiEncoder(model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length)
+    def __init__(
+        self,
+        model: str = MINILM_ID,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 128,
+        max_length: int | None = None,
+    ):
+        self.encoder = shared_bi_encoder(
+            model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+        )
         self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}"
         self.identity = f"bi-encoder|{self.encoder.identity}"
         # document embeddings by text, shared by every reranker instance of the same encoder in this process

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from ..engine import CrossEncoderEngine, model_fingerprint
 from ..types import Doc, Query
 
+_ENGINES: dict[tuple, CrossEncoderEngine] = {}
+
 
 class CrossEncoderReranker:
     """Scores each (query, title + text) pair jointly with a cross-encoder, through ``CrossEncoderEngine``.
@@ -19,14 +21,32 @@ class CrossEncoderReranker:
 
     pointwise = True
 
-    def __init__(self, model: str, max_length: int = 512, device: str = "auto", dtype: str = "auto",
-                 batch_tokens: int | None = None, activation: bool = False):
-        self.engine = CrossEncoderEngine(model, max_length=max_length, device=device, dtype=dtype,
-                                         batch_tokens=batch_tokens, activation=activation)
+    def __init__(
+        self,
+        model: str,
+        max_length: int = 512,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_tokens: int | None = None,
+        activation: bool = False,
+    ):
+        key = (model, max_length, device, dtype, batch_tokens, activation)
+        if key not in _ENGINES:  # one loaded model per process: the jobs of a sweep share it
+            _ENGINES[key] = CrossEncoderEngine(
+                model,
+                max_length=max_length,
+                device=device,
+                dtype=dtype,
+                batch_tokens=batch_tokens,
+                activation=activation,
+            )
+        self.engine = _ENGINES[key]
         e = self.engine
         self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}"
         dtype_name = str(e.dtype).removeprefix("torch.")
-        self.identity = f"cross-encoder|{model_fingerprint(e.path)}|len={e.max_length}|{dtype_name}|act={activation}"
+        self.identity = (
+            f"cross-encoder|{model_fingerprint(e.path)}|len={e.max_length}|{dtype_name}|act={activation}"
+        )
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         return self.engine.score_pairs([(query.text, d.full_text) for d in docs]).tolist()

@@ -23,8 +23,15 @@ class BM25Retriever:
         stopwords: ``en`` or null.
     """
 
-    def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene", backend: str = "bm25s",
-                 stemmer: str | None = "english", stopwords: str | None = "en"):
+    def __init__(
+        self,
+        k1: float = 0.9,
+        b: float = 0.4,
+        method: str = "lucene",
+        backend: str = "bm25s",
+        stemmer: str | None = "english",
+        stopwords: str | None = "en",
+    ):
         if backend not in ("bm25s", "rank_bm25"):
             raise ConfigError(f"retriever.backend must be bm25s or rank_bm25, got {backend!r}")
         if k1 < 0 or not 0 <= b <= 1:
@@ -60,8 +67,9 @@ class BM25Retriever:
             self._index = BM25Okapi(tokens, k1=self.k1, b=self.b)
 
     def query_tokens(self, queries: Sequence[Query]) -> list[list[str]]:
-        return self._tok.tokenize([q.text for q in queries], return_as="string", show_progress=False,
-                                  update_vocab=True)
+        return self._tok.tokenize(
+            [q.text for q in queries], return_as="string", show_progress=False, update_vocab=True
+        )
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Ranking:
         if not self._ids:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..datasets import Dataset
-from ..engine import MINILM_ID, BiEncoder
+from ..engine import MINILM_ID, shared_bi_encoder
 from ..errors import DataError
 from ..ranking import top_k
 from ..types import Query, Ranking
@@ -20,9 +20,19 @@ class DenseRetriever:
         Other arguments go to ``BiEncoder``.
     """
 
-    def __init__(self, model: str = MINILM_ID, device: str = "auto", dtype: str = "auto", batch_size: int = 128,
-                 max_length: int | None = None, query_prefix: str = "", doc_prefix: str = ""):
-        self.encoder = BiEncoder(model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length)
+    def __init__(
+        self,
+        model: str = MINILM_ID,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 128,
+        max_length: int | None = None,
+        query_prefix: str = "",
+        doc_prefix: str = "",
+    ):
+        self.encoder = shared_bi_encoder(
+            model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+        )
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
         self.name = f"dense-{model.rsplit('/', 1)[-1]}"
         self._ids: list[str] = []

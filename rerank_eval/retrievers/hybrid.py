@@ -22,8 +22,15 @@ class HybridRetriever:
         depth: how many documents each first stage contributes (at least the requested k).
     """
 
-    def __init__(self, sparse: Retriever, dense: Retriever, method: str = "rrf", norm: str | None = None,
-                 params: dict | None = None, depth: int = 1000):
+    def __init__(
+        self,
+        sparse: Retriever,
+        dense: Retriever,
+        method: str = "rrf",
+        norm: str | None = None,
+        params: dict | None = None,
+        depth: int = 1000,
+    ):
         from ranx.fusion import fusion_switch
 
         try:
@@ -45,7 +52,9 @@ class HybridRetriever:
         runs = []
         for stage in (self.sparse, self.dense):
             ranking = stage.retrieve(queries, depth)
-            runs.append(Run({q: {d.doc_id: d.score for d in docs} or {"": 0.0} for q, docs in ranking.items()}))
+            runs.append(
+                Run({q: {d.doc_id: d.score for d in docs} or {"": 0.0} for q, docs in ranking.items()})
+            )
         fused = fuse(runs, norm=self.norm, method=self.method, params=self.params).to_dict()
         out: Ranking = {}
         for q in queries:

@@ -28,13 +28,17 @@ def read_trec_run(path: Path) -> dict[str, list[tuple[str, int, float]]]:
                 if not parts:
                     continue
                 if len(parts) != 6:
-                    raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', "
-                                    f"found {len(parts)}")
+                    raise DataError(
+                        f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', "
+                        f"found {len(parts)}"
+                    )
                 qid, _, doc_id, rank, score, _ = parts
                 try:
                     entry = (doc_id, int(rank), float(score))
                 except ValueError:
-                    raise DataError(f"{path}:{lineno}: rank {rank!r} or score {score!r} is not a number") from None
+                    raise DataError(
+                        f"{path}:{lineno}: rank {rank!r} or score {score!r} is not a number"
+                    ) from None
                 if (qid, doc_id) in seen:
                     raise DataError(f"{path}:{lineno}: document {doc_id} is listed twice for query {qid}")
                 seen.add((qid, doc_id))
@@ -56,7 +60,9 @@ class RunFileRetriever:
 
     def __init__(self, name: str | None = None, path: str | None = None):
         if not name and not path:
-            raise ConfigError("retriever=run needs retriever.name=<shipped run> or retriever.path=<TREC run file>")
+            raise ConfigError(
+                "retriever=run needs retriever.name=<shipped run> or retriever.path=<TREC run file>"
+            )
         self.run_name, self.path = name, Path(path).expanduser() if path else None
         self.name = f"run-{name or self.path.stem}"
         self._run: dict[str, list[tuple[str, int, float]]] = {}
@@ -71,7 +77,9 @@ class RunFileRetriever:
         path = runs / f"{self.run_name}.top100.trec"
         if not path.is_file():
             have = sorted(p.name.removesuffix(".top100.trec") for p in runs.glob("*.top100.trec"))
-            raise ConfigError(f"no shipped run {self.run_name!r} for {dataset.name}; choose retriever.name from {have}")
+            raise ConfigError(
+                f"no shipped run {self.run_name!r} for {dataset.name}; choose retriever.name from {have}"
+            )
         return path
 
     def index(self, dataset: Dataset) -> None:
@@ -80,8 +88,10 @@ class RunFileRetriever:
         known = {q.query_id for q in dataset.queries()}
         unknown = sorted(run.keys() - known)
         if unknown:
-            raise DataError(f"{path} names {len(unknown)} queries that {dataset.name} lacks, e.g. {unknown[:3]}; "
-                            "is this run for this dataset and split?")
+            raise DataError(
+                f"{path} names {len(unknown)} queries that {dataset.name} lacks, e.g. {unknown[:3]}; "
+                "is this run for this dataset and split?"
+            )
         dataset.docs(sorted({d for hits in run.values() for d, _, _ in hits}))  # raises on unknown documents
         self._run = {q: sorted(hits, key=lambda h: (-h[2], h[1])) for q, hits in run.items()}
 
