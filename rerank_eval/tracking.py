@@ -39,8 +39,8 @@ def git_commit() -> str:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(  # no optional locks: a job killed mid-call must leave no .git/index.lock behind
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
