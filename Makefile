@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv bench test test-all lint perf sweep-cost report ui clean
+.PHONY: help venv bench test test-all lint perf sweep-cost report screenshot ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
 
 report: venv  ## comparison report of the latest bench from MLflow: results/bench-report/
 	$(PY) -m rerank_eval.report --experiment bench --latest-parent --out results/bench-report
+
+screenshot: venv  ## the MLflow UI's compare view of a depth sweep, in headless Chromium: results/mlflow_compare.png
+	$(PY) scripts/mlflow_screenshot.py
 
 ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000

@@ -122,7 +122,7 @@ def run_experiment(
                 fp,
             )
             return _reuse(tracker, previous, name, metrics, out, parent_run_id)
-    t0 = time.perf_counter()
+    started, t0 = time.time(), time.perf_counter()
     res: PipelineResult = run_pipeline(
         dataset, retriever, reranker, candidates, top_k, cache=cache, progress=progress
     )
@@ -209,6 +209,7 @@ def run_experiment(
             artifacts,
             parent_run_id=parent_run_id,
             steps={"recall_curve": recall_curve},
+            start_time=started,
         )
         summary["mlflow_run_id"] = run_id
         shutil.rmtree(pending, ignore_errors=True)

@@ -39,13 +39,15 @@ def git_commit() -> str:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
         ).stdout.strip()
-        dirty = subprocess.run(  # no optional locks: a job killed mid-call must leave no .git/index.lock behind
-            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        dirty = (
+            subprocess.run(  # no optional locks: a job killed mid-call must leave no .git/index.lock behind
+                ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
@@ -91,13 +93,19 @@ class Tracker:
         self.experiment = experiment
 
     def start_run(
-        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        start_time: float | None = None,
     ) -> str:
-        """Open a run (a sweep's or study's parent, or a job) and return its id."""
+        """Open a run (a sweep's or study's parent, or a job) and return its id; ``start_time`` is in epoch
+        seconds (default: now)."""
         all_tags = {"mlflow.runName": name, "git_commit": git_commit(), **package_versions(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        start_ms = int(start_time * 1000) if start_time is not None else None
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags, start_time=start_ms)
         return run.info.run_id
 
     def log(
@@ -166,9 +174,10 @@ class Tracker:
         artifacts: list[Path],
         parent_run_id: str | None = None,
         steps: Mapping[str, Mapping[int, float]] | None = None,
+        start_time: float | None = None,
     ) -> str:
-        """Create one finished run holding a job's results and return its id."""
-        run_id = self.start_run(name, tags, parent_run_id)
+        """Create one finished run holding a job's results (started when the job did) and return its id."""
+        run_id = self.start_run(name, tags, parent_run_id, start_time)
         try:
             self.log(run_id, params, metrics, None, artifacts, steps)
         except BaseException:
