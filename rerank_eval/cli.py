@@ -102,6 +102,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
             parent_run_id=parent_run_id or os.environ.get(PARENT_ENV),
             progress=plain.get("progress", True),
             resume=plain.get("resume", True),
+            on_failure=plain.get("on_failure", "fail"),
         )
     finally:
         cache.close()
@@ -110,6 +111,25 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
 def _setup_logging() -> None:
     for name in ("httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "alembic", "bm25s"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_no_secret_inputs(argv: list[str], conf_dir: str = CONF_DIR) -> None:
+    """Refuse a key-like value on the command line or in a config file before Hydra saves either to disk."""
+    from .config import check_no_secrets, is_secret_key
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and value and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
+            raise ConfigError(
+                f"{key.lstrip('+~')} holds a secret on the command line; put it in an environment "
+                f"variable and name that variable instead ({key.rsplit('.', 1)[-1].lstrip('+~')}_env: NAME)"
+            )
+    import yaml
+
+    for path in Path(conf_dir).rglob("*.yaml"):
+        check_no_secrets(
+            yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path.relative_to(conf_dir))
+        )
 
 
 def check_group_choices(argv: list[str], conf_dir: str = CONF_DIR) -> None:
@@ -134,6 +154,7 @@ def main() -> None:
 
     _setup_logging()
     check_group_choices(sys.argv[1:])
+    check_no_secret_inputs(sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     @friendly_errors

@@ -95,6 +95,7 @@ def run_experiment(
     parent_run_id: str | None = None,
     progress: bool = True,
     resume: bool = True,
+    on_failure: str = "fail",
 ) -> JobResult:
     """Run, evaluate, write and track one pipeline.
 
@@ -124,7 +125,7 @@ def run_experiment(
             return _reuse(tracker, previous, name, metrics, out, parent_run_id)
     started, t0 = time.time(), time.perf_counter()
     res: PipelineResult = run_pipeline(
-        dataset, retriever, reranker, candidates, top_k, cache=cache, progress=progress
+        dataset, retriever, reranker, candidates, top_k, cache=cache, progress=progress, on_failure=on_failure
     )
     wall = time.perf_counter() - t0
 
@@ -145,9 +146,16 @@ def run_experiment(
         "queries": float(len(per_query)),
         "pairs_scored": float(res.pairs_scored),
         "pairs_cached": float(res.pairs_cached),
+        "failed_queries": float(len(res.failed)),
         "index_s": res.index_s,
         "wall_s": wall,
     }
+    usage = getattr(reranker, "usage", None)  # API rerankers: requests, tokens or search units, and cost
+    if usage is not None:
+        counts.update(usage.counts)
+        counts["api_cost_usd_per_1k_queries"] = (
+            1000 * usage.counts.get("api_cost_usd", 0.0) / max(len(per_query), 1)
+        )
 
     write_trec(res.reranked, out / "run.trec", tag=rr_name)
     write_trec(res.first_stage, out / "first_stage.trec", tag=retriever.name)
@@ -189,6 +197,7 @@ def run_experiment(
             "reranker_identity": getattr(reranker, "identity", "none"),
             "fingerprint": fp,
             "significance_test": significance,
+            **(usage.tags if usage is not None else {}),
         }
         pending = out / ".pending"  # metrics.json travels to MLflow from here; the job's own copy comes last
         pending.mkdir(exist_ok=True)

@@ -14,9 +14,10 @@ import numpy as np
 
 from .cache import ScoreCache, text_key
 from .datasets import Dataset
-from .errors import ConfigError
+from .errors import ConfigError, RerankEvalError
 from .ranking import top_k as cut
 from .rerankers import Reranker
+from .rerankers.api import RerankerCallError
 from .retrievers import Retriever
 from .types import Query, Ranking
 
@@ -31,6 +32,7 @@ class PipelineResult:
     index_s: float = 0.0
     pairs_scored: int = 0
     pairs_cached: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # query_id -> why its reranking failed
 
 
 def check_depths(candidates: int, top_k: int) -> None:
@@ -66,6 +68,7 @@ def run_pipeline(
     cache: ScoreCache | None = None,
     queries: Sequence[Query] | None = None,
     progress: bool = True,
+    on_failure: str = "fail",
 ) -> PipelineResult:
     """Run one pipeline over the dataset's queries.
 
@@ -77,11 +80,15 @@ def run_pipeline(
         top_k: how many the final list keeps.
         cache: the score cache (None: no cache).
         queries: a subset of the dataset's queries (default: all judged queries).
+        on_failure: a query whose reranking still fails after the API's retries either stops the run (``fail``:
+            what was scored is in the cache, so a rerun resumes) or gets an empty list that scores 0 (``zero``).
 
     Returns:
         PipelineResult with the three rankings, per-query latencies and cache counts.
     """
     check_depths(candidates, top_k)
+    if on_failure not in ("fail", "zero"):
+        raise ConfigError(f"on_failure must be fail or zero, got {on_failure!r}")
     queries = list(queries if queries is not None else dataset.queries())
     if not queries:
         raise ConfigError(f"{dataset.name} has no queries to run")
@@ -100,7 +107,7 @@ def run_pipeline(
     if reranker is None:
         result.reranked = dict(result.first_stage)
     else:
-        _rerank(dataset, reranker, queries, cache, progress, result)
+        _rerank(dataset, reranker, queries, cache, progress, result, on_failure)
     result.final = {q: hits[:top_k] for q, hits in result.reranked.items()}
     return result
 
@@ -112,6 +119,7 @@ def _rerank(
     cache: ScoreCache | None,
     progress: bool,
     result: PipelineResult,
+    on_failure: str,
 ) -> None:
     texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
     if not reranker.pointwise:
@@ -131,7 +139,19 @@ def _rerank(
                     scores[i] = cached[k][0]
             if todo:
                 t = time.perf_counter()
-                fresh = reranker.score(q, [docs[i] for i in todo])
+                try:
+                    fresh = reranker.score(q, [docs[i] for i in todo])
+                except RerankerCallError as e:
+                    result.failed[q.query_id] = str(e)
+                    if on_failure == "fail":
+                        done = len(result.reranked)
+                        raise RerankEvalError(
+                            f"{e}; stopped after {done} of {len(queries)} queries (what was scored is cached: rerun "
+                            "to resume, or set on_failure=zero to score failed queries 0)"
+                        ) from None
+                    result.reranked[q.query_id] = []  # scores 0 for every metric, and stays in the mean
+                    bar.update()
+                    continue
                 ms = (time.perf_counter() - t) * 1e3
                 if len(fresh) != len(todo):
                     raise RuntimeError(

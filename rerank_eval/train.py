@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,7 +188,7 @@ def main() -> None:
     """``python -m rerank_eval.train [overrides]`` (conf/train.yaml)."""
     import hydra
 
-    from .cli import CONF_DIR, friendly_errors
+    from .cli import CONF_DIR, check_no_secret_inputs, friendly_errors
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
     @friendly_errors
@@ -209,6 +210,7 @@ def main() -> None:
             f"{plain['dataset']['name']} reranker=cross_encoder reranker.model={plain['output']}"
         )
 
+    friendly_errors(check_no_secret_inputs)(sys.argv[1:])
     friendly_errors(_train)()
 
 
