@@ -20,22 +20,32 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("rerank_eval")
 
 
-def plan(bench_cfg: dict) -> list[tuple[str, str, str, list[str]]]:
-    """The study's jobs as (dataset, first stage, reranker, overrides)."""
-    jobs = []
+def plan(
+    bench_cfg: dict, environ: dict | None = None
+) -> tuple[list[tuple[str, str, str, list[str]]], list[str]]:
+    """The study's jobs as (dataset, first stage, reranker, overrides), and the API rerankers skipped for want of
+    their key."""
+    environ = os.environ if environ is None else environ
+    jobs, skipped = [], []
+    api = bench_cfg.get("api_rerankers") or {}
     for study in bench_cfg["studies"]:
+        rerankers = {}
+        for rr in study["rerankers"]:
+            if rr not in bench_cfg["rerankers"]:
+                raise ConfigError(f"bench: unknown reranker {rr!r}; define it under rerankers:")
+            rerankers[rr] = bench_cfg["rerankers"][rr]
+        for rr in study.get("api_rerankers") or []:
+            if rr not in api:
+                raise ConfigError(f"bench: unknown API reranker {rr!r}; define it under api_rerankers:")
+            if environ.get(api[rr]["env"]):
+                rerankers[rr] = api[rr]["overrides"]
+            elif f"{rr} ({api[rr]['env']})" not in skipped:
+                skipped.append(f"{rr} ({api[rr]['env']})")
         for stage, stage_over in study["first_stages"].items():
-            for rr in study["rerankers"]:
-                if rr not in bench_cfg["rerankers"]:
-                    raise ConfigError(f"bench: unknown reranker {rr!r}; define it under rerankers:")
-                over = [
-                    f"dataset={study['dataset']}",
-                    *stage_over,
-                    *bench_cfg["rerankers"][rr],
-                    *bench_cfg["common"],
-                ]
+            for rr, rr_over in rerankers.items():
+                over = [f"dataset={study['dataset']}", *stage_over, *rr_over, *bench_cfg["common"]]
                 jobs.append((study["dataset"], stage, rr, over))
-    return jobs
+    return jobs, skipped
 
 
 def load_bench_config(path: Path) -> dict:
@@ -69,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
             f"bench: cross-encoder folder {cfg['cross_encoder']} does not exist; set "
             "RERANK_EVAL_CE_MODEL to a trained model (python -m rerank_eval.train writes one)"
         )
-    jobs = [j for j in plan(cfg) if args.only in (None, j[0])]
+    jobs, skipped = plan(cfg)
+    jobs = [j for j in jobs if args.only in (None, j[0])]
+    if skipped:
+        print(f"bench: skipped the API rerankers {', '.join(skipped)}: set those variables to include them")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_root = PROJECT_ROOT / "outputs" / "bench" / stamp
     tracker = Tracker(cfg["experiment"])

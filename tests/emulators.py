@@ -41,8 +41,16 @@ def lexical(query: str, doc: str) -> float:
 class _Emulator:
     path = ""
 
-    def __init__(self, faults: list[str] | None = None, fault_rate: float = 0.0, seed: int = 0,
-                 max_consecutive: int = 2, slow_s: float = 1.5, key: str | None = None, transient_only: bool = False):
+    def __init__(
+        self,
+        faults: list[str] | None = None,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+        max_consecutive: int = 2,
+        slow_s: float = 1.5,
+        key: str | None = None,
+        transient_only: bool = False,
+    ):
         self.plan = list(faults or [])  # faults for the first requests, in order ("" for none)
         self.fault_rate, self.rng, self.max_consecutive = fault_rate, random.Random(seed), max_consecutive
         self.slow_s, self.key = slow_s, key
@@ -60,7 +68,11 @@ class _Emulator:
                 return "503"
             if self.plan:
                 f = self.plan.pop(0)
-            elif self.fault_rate and self._consecutive < self.max_consecutive and self.rng.random() < self.fault_rate:
+            elif (
+                self.fault_rate
+                and self._consecutive < self.max_consecutive
+                and self.rng.random() < self.fault_rate
+            ):
                 f = self.rng.choice(self.kinds)
             else:
                 f = ""
@@ -84,7 +96,9 @@ class _Emulator:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fault = emu._fault()
                 status = 200
-                if emu.key and emu.key not in (self.headers.get("authorization", "") + self.headers.get("x-api-key", "")):
+                if emu.key and emu.key not in (
+                    self.headers.get("authorization", "") + self.headers.get("x-api-key", "")
+                ):
                     status, payload = 401, {"message": "invalid api key"}
                 elif not self.path.startswith(emu.path):
                     status, payload = 404, {"message": f"no route {self.path}"}
@@ -93,8 +107,13 @@ class _Emulator:
                     self.connection.close()
                     return
                 elif fault in ("429", "500", "503", "529"):
-                    status, payload = int(fault), {"type": "error", "error": {"type": "overloaded_error",
-                                                                              "message": f"injected {fault}"}}
+                    status, payload = (
+                        int(fault),
+                        {
+                            "type": "error",
+                            "error": {"type": "overloaded_error", "message": f"injected {fault}"},
+                        },
+                    )
                 else:
                     if fault == "slow":
                         time.sleep(emu.slow_s)
@@ -139,8 +158,14 @@ class CohereEmulator(_Emulator):
         results = [{"index": i, "relevance_score": scores[i]} for i in order]
         if fault == "missing":
             results = results[:-1]
-        return {"id": "emulated", "results": results,
-                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": math.ceil(len(docs) / 100)}}}
+        return {
+            "id": "emulated",
+            "results": results,
+            "meta": {
+                "api_version": {"version": "2"},
+                "billed_units": {"search_units": math.ceil(len(docs) / 100)},
+            },
+        }
 
 
 class AnthropicEmulator(_Emulator):
@@ -156,8 +181,10 @@ class AnthropicEmulator(_Emulator):
         if isinstance(prompt, list):
             prompt = "".join(b.get("text", "") for b in prompt)
         query = re.search(r"Query: (.*?)\n\n", prompt, re.S).group(1)
-        passages = [(int(i), html.unescape(t)) for i, t in re.findall(r'<passage id="(\d+)">\n(.*?)\n</passage>',
-                                                                           prompt, re.S)]
+        passages = [
+            (int(i), html.unescape(t))
+            for i, t in re.findall(r'<passage id="(\d+)">\n(.*?)\n</passage>', prompt, re.S)
+        ]
         scores = {i: lexical(query, t) for i, t in passages}
         if self.adversarial:
             for i, t in passages:
@@ -166,16 +193,26 @@ class AnthropicEmulator(_Emulator):
         ranked = sorted(scores, key=lambda i: (-scores[i], i))
         if "Grade each passage" in prompt:
             top = max(scores.values(), default=0) or 1
-            text = "\n".join(f"[{i}] {min(3, int(4 * scores[i] / top)) if scores[i] != float('inf') else 3}"
-                             for i, _ in passages)
+            text = "\n".join(
+                f"[{i}] {min(3, int(4 * scores[i] / top)) if scores[i] != float('inf') else 3}"
+                for i, _ in passages
+            )
         else:
             text = " > ".join(f"[{i}]" for i in ranked)
         if fault == "garbage":
             text = "I cannot rank these passages."
         elif fault == "partial":
             text = " > ".join(f"[{i}]" for i in ranked[: len(ranked) // 2]) + " > [99] > [1]"
-        return {"id": "msg_emulated", "type": "message", "role": "assistant",
-                "model": self.answer_model or body["model"], "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": len(prompt.split()) + len(body.get("system", "").split()),
-                          "output_tokens": len(text.split())}}
+        return {
+            "id": "msg_emulated",
+            "type": "message",
+            "role": "assistant",
+            "model": self.answer_model or body["model"],
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": len(prompt.split()) + len(body.get("system", "").split()),
+                "output_tokens": len(text.split()),
+            },
+        }

@@ -27,8 +27,17 @@ def keys(monkeypatch):
 
 
 def dl19_run(dl19, reranker, n_queries=8, depth=20, cache=None, on_failure="fail"):
-    return run_pipeline(dl19, RunFileRetriever(name="bm25"), reranker, depth, 10, cache=cache,
-                        queries=dl19.queries()[:n_queries], progress=False, on_failure=on_failure)
+    return run_pipeline(
+        dl19,
+        RunFileRetriever(name="bm25"),
+        reranker,
+        depth,
+        10,
+        cache=cache,
+        queries=dl19.queries()[:n_queries],
+        progress=False,
+        on_failure=on_failure,
+    )
 
 
 def order(res):
@@ -70,8 +79,9 @@ def test_second_run_makes_no_requests(dl19, tmp_path):
         llm = LLMReranker(base_url=emu.url, window=10, step=5, cache=str(tmp_path / "resp"))
         first = dl19_run(dl19, llm, n_queries=2)
         n = len(emu.requests)
-        again = dl19_run(dl19, LLMReranker(base_url=emu.url, window=10, step=5, cache=str(tmp_path / "resp")),
-                         n_queries=2)
+        again = dl19_run(
+            dl19, LLMReranker(base_url=emu.url, window=10, step=5, cache=str(tmp_path / "resp")), n_queries=2
+        )
     assert n == 2 * 3 and len(emu.requests) == n and order(again) == order(first)
 
 
@@ -88,8 +98,12 @@ def test_failures_are_counted_never_dropped(dl19):
         res = dl19_run(dl19, CohereReranker(base_url=emu.url), n_queries=4, on_failure="zero")
     assert len(res.failed) == 1 and res.reranked[next(iter(res.failed))] == []
     assert len(res.reranked) == 4
-    with CohereEmulator(key=COHERE_KEY, faults=["", "missing"]) as emu, pytest.raises(
-            RerankEvalError, match=r"answered for 19 of 20 documents .* stopped after 1 of 4 queries"):
+    with (
+        CohereEmulator(key=COHERE_KEY, faults=["", "missing"]) as emu,
+        pytest.raises(
+            RerankEvalError, match=r"answered for 19 of 20 documents .* stopped after 1 of 4 queries"
+        ),
+    ):
         dl19_run(dl19, CohereReranker(base_url=emu.url), n_queries=4)
 
 
@@ -114,7 +128,9 @@ def test_llm_listwise_survives_faults_and_windows_go_bottom_up(dl19):
     assert len(emu.requests) == 3 * 2
     first_prompt = emu.bodies[0]["messages"][0]["content"]
     assert first_prompt.count("<passage id=") == 20
-    with AnthropicEmulator(key=ANTHROPIC_KEY, fault_rate=0.3, seed=3, answer_model="claude-sonnet-4-20250514") as emu:
+    with AnthropicEmulator(
+        key=ANTHROPIC_KEY, fault_rate=0.3, seed=3, answer_model="claude-sonnet-4-20250514"
+    ) as emu:
         rr = LLMReranker(base_url=emu.url, cache_enabled=False, timeout=1.0, max_retries=4)
         faulty = dl19_run(dl19, rr, n_queries=3, depth=30)
     assert order(faulty) == order(clean)
@@ -122,7 +138,8 @@ def test_llm_listwise_survives_faults_and_windows_go_bottom_up(dl19):
     served = [b for b, (_, _, s) in zip(emu.bodies, emu.requests, strict=False) if s == 200]
     assert rr.usage.counts["api_requests"] == 6
     assert rr.usage.counts["input_tokens"] > 0 and rr.usage.counts["api_cost_usd"] == pytest.approx(
-        (rr.usage.counts["input_tokens"] * 3.0 + rr.usage.counts["output_tokens"] * 15.0) / 1e6)
+        (rr.usage.counts["input_tokens"] * 3.0 + rr.usage.counts["output_tokens"] * 15.0) / 1e6
+    )
     assert served
 
 
@@ -133,7 +150,9 @@ def test_llm_token_accounting_is_exact():
         assert rr.score(Query("q", "what do cats eat"), docs) == [2.0, 1.0]
     body = emu.bodies[0]
     prompt_words = len(body["messages"][0]["content"].split()) + len(body["system"].split())
-    assert rr.usage.counts["input_tokens"] == prompt_words and rr.usage.counts["output_tokens"] == 3  # "[1] > [2]"
+    assert (
+        rr.usage.counts["input_tokens"] == prompt_words and rr.usage.counts["output_tokens"] == 3
+    )  # "[1] > [2]"
 
 
 def test_permutation_parsing_is_lenient():
@@ -180,12 +199,30 @@ def test_missing_key_or_sdk_names_the_fix(monkeypatch):
 
 def test_no_key_reaches_mlflow_artifacts_or_logs(tmp_path):
     with CohereEmulator(key=COHERE_KEY) as emu:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
-               "RERANK_EVAL_CACHE": str(tmp_path / "cache")}
-        proc = subprocess.run([sys.executable, "-m", "rerank_eval", "dataset=msmarco-dl19", "retriever=run",
-                               "reranker=cohere", f"reranker.base_url={emu.url}", "candidates=10", "top_k=5",
-                               f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+            "RERANK_EVAL_CACHE": str(tmp_path / "cache"),
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rerank_eval",
+                "dataset=msmarco-dl19",
+                "retriever=run",
+                "reranker=cohere",
+                f"reranker.base_url={emu.url}",
+                "candidates=10",
+                "top_k=5",
+                f"hydra.run.dir={tmp_path / 'out'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
     assert "cohere-rerank-v3.5" in proc.stdout
     hits = [p for p in tmp_path.rglob("*") if p.is_file() and COHERE_KEY.encode() in p.read_bytes()]
@@ -194,9 +231,91 @@ def test_no_key_reaches_mlflow_artifacts_or_logs(tmp_path):
 
 
 def test_keys_in_config_are_refused(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rerank_eval", "dataset=msmarco-dl19", "retriever=run",
-                           "reranker=cohere", f"+reranker.api_key={COHERE_KEY}", f"hydra.run.dir={tmp_path / 'o'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rerank_eval",
+            "dataset=msmarco-dl19",
+            "retriever=run",
+            "reranker=cohere",
+            f"+reranker.api_key={COHERE_KEY}",
+            f"hydra.run.dir={tmp_path / 'o'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "put it in an environment variable" in proc.stderr
     assert COHERE_KEY not in proc.stderr + proc.stdout
     assert not any(COHERE_KEY.encode() in p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file())
+
+
+def test_colbert_maxsim_matches_a_hand_computation():
+    import numpy as np
+
+    from rerank_eval.rerankers.colbert import ColBERTReranker
+
+    rr = ColBERTReranker()
+    docs = [Doc("a", "cats eat fish"), Doc("b", "the stock market fell")]
+    q = Query("q", "what do cats eat")
+    scores = rr.score(q, docs)
+    qv = rr._tokens([q.text], 32)[0]
+    for d, s in zip(docs, scores, strict=True):
+        dv = rr._tokens([d.full_text], 180)[0]
+        assert s == pytest.approx(float(np.max(qv @ dv.T, axis=1).sum()), rel=1e-5)
+    assert scores[0] > scores[1]
+    assert len(qv) == len(
+        rr.encoder.model.tokenizer(q.text)["input_ids"]
+    )  # one vector per token, [CLS]/[SEP] too
+
+
+def test_ask_prints_the_reranked_documents_and_an_answer(tmp_path, monkeypatch):
+    from conftest import CE_MODEL, TINY
+
+    over = [
+        "dataset=beir_dir",
+        f"dataset.path={TINY}",
+        "dataset.name=tiny",
+        "retriever=bm25",
+        "reranker=cross_encoder",
+        f"reranker.model={CE_MODEL}",
+        "candidates=5",
+        "top_k=2",
+    ]
+    with AnthropicEmulator(key=ANTHROPIC_KEY) as emu:
+        env = {**os.environ, "ANTHROPIC_BASE_URL": emu.url, "RERANK_EVAL_CACHE": str(tmp_path)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "rerank_eval.ask", *over, "what do cats eat"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "top 2 of 5 candidates (bm25-bm25s -> ce-scifact-minilm-l6-ce) for: what do cats eat"
+    assert lines[1].startswith("  1. [") and " d4: Cat food what cats eat" in lines[1]
+    assert "answer (claude-sonnet-4-20250514):" in proc.stdout and len(emu.requests) == 1
+    assert "Answer the query from the passages" in emu.bodies[0]["messages"][0]["content"]
+    env.pop("ANTHROPIC_API_KEY")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rerank_eval.ask", *over, "what do cats eat"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "(set ANTHROPIC_API_KEY to have Claude answer" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "rerank_eval.ask", *over],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "ask needs a question" in bad.stderr

@@ -40,7 +40,8 @@ def test_groups_hold_the_promised_options():
         "quora",
     } <= set(GROUPS["dataset"])
     assert set(GROUPS["retriever"]) == {"bm25", "run", "dense", "hybrid"}
-    assert {"none", "cross_encoder", "bi_encoder"} <= set(GROUPS["reranker"])
+    assert set(GROUPS["reranker"]) == {"none", "cross_encoder", "bi_encoder", "cohere", "cohere_english_v3", "llm",
+                                        "colbert"}
 
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])
@@ -67,7 +68,9 @@ def test_dataset_ids_and_levels():
 
 @pytest.mark.parametrize("retriever", GROUPS["retriever"])
 @pytest.mark.parametrize("reranker", GROUPS["reranker"])
-def test_every_pipeline_instantiates(retriever, reranker):
+def test_every_pipeline_instantiates(retriever, reranker, monkeypatch):
+    monkeypatch.setenv("COHERE_API_KEY", "dummy")  # constructing a client sends nothing
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "dummy")
     over = [f"retriever={retriever}", f"reranker={reranker}", "dataset=msmarco-dl19"]
     if reranker == "cross_encoder":
         over.append(f"reranker.model={CE_MODEL}")  # the shipped default is a hub id, unreachable here
@@ -97,3 +100,16 @@ def test_secrets_are_refused_and_redacted():
     check_no_secrets({"reranker": {"api_key_env": "COHERE_API_KEY", "batch_tokens": 4096, "max_tokens": 5}})
     flat = flatten({"reranker": {"api_key": "sk-123", "api_key_env": "X", "batch_tokens": 1}})
     assert flat == {"reranker.api_key": "***", "reranker.api_key_env": "X", "reranker.batch_tokens": "1"}
+
+
+def test_bench_plan_includes_api_rerankers_only_with_their_keys():
+    from omegaconf import OmegaConf
+
+    from rerank_eval.bench import plan
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "bench.yaml"), resolve=True)
+    jobs, skipped = plan(cfg, environ={})
+    assert len(jobs) == 3 * 3 + 5 * 3 and skipped == ["cohere (COHERE_API_KEY)", "llm (ANTHROPIC_API_KEY)"]
+    jobs, skipped = plan(cfg, environ={"COHERE_API_KEY": "x"})
+    assert len(jobs) == 3 * 4 + 5 * 4 and skipped == ["llm (ANTHROPIC_API_KEY)"]
+    assert ("msmarco-dl19", "splade-pp-ed", "cohere") in {j[:3] for j in jobs}
