@@ -117,7 +117,8 @@ BAD = [
     (["retriever=bm42"], "unknown retriever 'bm42'; choose retriever= one of: bm25, dense, hybrid, run"),
     (
         ["reranker=colbertt"],
-        "unknown reranker 'colbertt'; choose reranker= one of: bi_encoder, cross_encoder, none",
+        "unknown reranker 'colbertt'; choose reranker= one of: bi_encoder, cohere, cohere_english_v3, colbert, "
+        "cross_encoder, llm, none",
     ),
     (["dataset=beir_dir", "dataset.path=/no/such/folder"], "dataset folder /no/such/folder does not exist"),
     (["dataset=beir_dir"], "dataset.path is required; pass dataset.path=<value>"),
