@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         results = Path(args.results)
         results.mkdir(parents=True, exist_ok=True)
         records = records_from_dirs(dirs)
+        for r, (_, stage, rr, _) in zip(records, jobs, strict=True):  # the study's own labels
+            r.first_stage_name, r.reranker = stage, rr
         frame = comparison_frame(records)
         scored = int(
             sum(json.loads((d / "metrics.json").read_text())["counts"]["pairs_scored"] for d in dirs)

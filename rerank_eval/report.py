@@ -236,7 +236,7 @@ def plot_bars(frame: pd.DataFrame, metric: str, path: Path, title: str) -> None:
     fig, axes = plt.subplots(
         len(datasets),
         1,
-        figsize=(8, 1.2 + 0.9 * sum(heights)),
+        figsize=(10, 1.2 + 0.9 * sum(heights)),
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
@@ -257,7 +257,9 @@ def plot_bars(frame: pd.DataFrame, metric: str, path: Path, title: str) -> None:
         ax.set_title(d, fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel(metric)
-    axes[0, 0].legend(loc="lower right", fontsize=8, title="reranker", title_fontsize=8)
+    axes[0, 0].legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="reranker", title_fontsize=8
+    )
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     _save(fig, path)
