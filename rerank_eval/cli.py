@@ -68,7 +68,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
     from .evaluation import parse_metrics
     from .experiment import run_experiment
     from .pipeline import check_depths
-    from .tracking import Tracker
+    from .tracking import tracker_for
 
     plain = resolved_config(cfg)
     check_depths(plain["candidates"], plain["top_k"])
@@ -81,7 +81,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
         cache_cfg.get("path") or cache_root() / "scores.sqlite", cache_cfg.get("enabled", True)
     )
     if tracker is None and plain.get("mlflow", {}).get("enabled", True):
-        tracker = Tracker(plain["mlflow"].get("experiment", "rerank-eval"))
+        tracker = tracker_for(plain["mlflow"].get("experiment", "rerank-eval"))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")

@@ -21,6 +21,7 @@ from .types import Qrels, Ranking
 DEFAULT_METRICS = ("ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr@10", "recall@100", "map@100", "judged@10")
 GRADED = {"ndcg", "ndcg_burges", "dcg", "dcg_burges"}
 BINARY = {"map", "mrr", "recall", "precision", "hit_rate", "hits", "f1", "r-precision", "bpref"}
+NO_RESULT = "\x00no-result"  # a document id no qrels can hold
 _PATTERN = re.compile(r"^([a-z_\-]+?)(?:@(\d+))?$")
 
 
@@ -92,27 +93,31 @@ def evaluate(
     from ranx import evaluate as ranx_evaluate
 
     queries = sorted(qrels)
-    frame = pd.DataFrame(index=pd.Index(queries, name="query_id"), dtype=float)
+    # every judged query goes to ranx; one with no results gets a placeholder that no qrels name (scores 0)
     run = {
-        q: {d.doc_id: float(len(hits) - i) for i, d in enumerate(hits)}
-        for q, hits in ranking.items()
-        if q in qrels and hits
+        q: {d.doc_id: float(len(ranking[q]) - i) for i, d in enumerate(ranking[q])}
+        if ranking.get(q)
+        else {NO_RESULT: 0.0}
+        for q in queries
     }
+    columns: dict[str, dict[str, float]] = {}
     ranx_metrics = [m for m in metrics if m.measure != "judged"]
-    if ranx_metrics and run:
+    if ranx_metrics and any(NO_RESULT not in r for r in run.values()):
         r = Run(run)
         names = [m.ranx(relevance_level) for m in ranx_metrics]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ranx_evaluate(RQrels(qrels), r, names, make_comparable=True)
+            ranx_evaluate(RQrels(qrels), r, names)
         for m, name in zip(ranx_metrics, names, strict=True):
-            frame[m.name] = pd.Series(r.scores[name], dtype=float)
+            columns[m.name] = r.scores[name]
     for m in metrics:
         if m.measure == "judged":
-            frame[m.name] = pd.Series(judged_at(qrels, ranking, m.k), dtype=float)
-        elif m.name not in frame:
-            frame[m.name] = 0.0
-    return frame[[m.name for m in metrics]].fillna(0.0)
+            columns[m.name] = judged_at(qrels, ranking, m.k)
+    frame = pd.DataFrame(
+        {m.name: [float(columns.get(m.name, {}).get(q, 0.0)) for q in queries] for m in metrics},
+        index=pd.Index(queries, name="query_id"),
+    )
+    return frame
 
 
 def paired_test(

@@ -7,6 +7,7 @@ The default store is ``sqlite:///<project>/mlruns.db`` with artifacts in ``<proj
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -34,6 +35,7 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlruns.db'}"
 
 
+@functools.cache
 def git_commit() -> str:
     try:
         sha = subprocess.run(
@@ -53,12 +55,24 @@ def git_commit() -> str:
     return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[f"version.{name}"] = metadata.version(name)
     return out
+
+
+_TRACKERS: dict[tuple[str, str], Tracker] = {}
+
+
+def tracker_for(experiment: str, uri: str | None = None) -> Tracker:
+    """One Tracker per (experiment, store) and process: a sweep's jobs share its client."""
+    key = (experiment, uri or default_uri())
+    if key not in _TRACKERS:
+        _TRACKERS[key] = Tracker(experiment, uri)
+    return _TRACKERS[key]
 
 
 class Tracker:

@@ -40,8 +40,15 @@ def test_groups_hold_the_promised_options():
         "quora",
     } <= set(GROUPS["dataset"])
     assert set(GROUPS["retriever"]) == {"bm25", "run", "dense", "hybrid"}
-    assert set(GROUPS["reranker"]) == {"none", "cross_encoder", "bi_encoder", "cohere", "cohere_english_v3", "llm",
-                                        "colbert"}
+    assert set(GROUPS["reranker"]) == {
+        "none",
+        "cross_encoder",
+        "bi_encoder",
+        "cohere",
+        "cohere_english_v3",
+        "llm",
+        "colbert",
+    }
 
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])
