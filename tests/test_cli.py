@@ -108,7 +108,10 @@ def test_two_job_multirun(tmp_path):
     )
     assert proc.stdout.count("; results in ") == 2
     _, found = runs(tmp_path, "sweep")
-    assert sorted(r.data.params["candidates"] for r in found) == ["3", "5"]
+    parents = [r for r in found if r.data.tags.get("parent") == "true"]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(found) == 3
+    assert sorted(r.data.params["candidates"] for r in children) == ["3", "5"]
     assert all((tmp_path / "multi" / str(i) / "metrics.json").is_file() for i in (0, 1))
 
 
