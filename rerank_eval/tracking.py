@@ -199,3 +199,51 @@ class Tracker:
             raise
         self.finish(run_id)
         return run_id
+
+
+@contextlib.contextmanager
+def local_server(store_uri: str, artifacts: Path | None = None, timeout_s: float = 60.0):
+    """A real ``mlflow server`` on a free loopback port for the duration of the block; yields its URL.
+
+    Raises:
+        RuntimeError: the server did not answer its health check in time.
+    """
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        store_uri,
+        "--workers",
+        "1",
+    ]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server for {store_uri} did not come up") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

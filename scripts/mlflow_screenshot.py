@@ -9,12 +9,9 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -39,12 +36,6 @@ BROWSER = [
     "--window-size=1600,1000",
     "--virtual-time-budget=20000",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chromium() -> str:
@@ -94,32 +85,9 @@ def main() -> None:
         children = [
             r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId")
         ]
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                store,
-                "--workers",
-                "1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(120):
-                try:
-                    if urllib.request.urlopen(f"{base}/health", timeout=1).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.5)
+        from rerank_eval.tracking import local_server
+
+        with local_server(store) as base:
             runs = urllib.parse.quote(json.dumps([r.info.run_id for r in children]))
             url = f"{base}/#/compare-runs?runs={runs}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}"
             if args.dom:
@@ -139,9 +107,6 @@ def main() -> None:
                 cwd=tmp,
             )
             print(f"screenshot of {len(children)} runs' compare view: {out}")
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
 
 
 if __name__ == "__main__":

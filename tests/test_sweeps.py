@@ -3,11 +3,9 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -147,45 +145,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_sweep(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_job_sweep_against_a_real_mlflow_server(tmp_path):
-    import urllib.request
+    from rerank_eval.tracking import local_server
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up")
+    with local_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
         subprocess.run(
             sweep_cmd(
                 tmp_path,
@@ -215,6 +178,3 @@ def test_two_job_sweep_against_a_real_mlflow_server(tmp_path):
         assert sorted(r.data.params["candidates"] for r in children) == ["2", "3"]
         assert "run.trec" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
         assert "report.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
