@@ -297,70 +297,87 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def plot_latency(frame: pd.DataFrame, metric: str, path: Path) -> None:
-    """Quality against reranker latency, the Pareto front marked."""
+    """Quality against reranker latency, one panel per dataset, each with its Pareto front."""
     plt = _plt()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     sub = frame[frame["reranker"] != "none"].drop_duplicates(
         ["dataset", "first stage", "reranker", "candidates"]
     )
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = list(zip(sub["reranker ms/query"], sub[metric], strict=True))
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:blue", zorder=2)
-    for (_, r), (x, y) in zip(sub.iterrows(), pts, strict=True):
-        ax.annotate(
-            f"{r['first stage']}+{r['reranker']}@{r['candidates']}",
-            (x, y),
-            fontsize=6,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    front = pareto_front(pts)
-    if front:
-        ax.step(
-            [pts[i][0] for i in front],
-            [pts[i][1] for i in front],
-            where="post",
-            c="tab:red",
-            lw=1.5,
-            label="Pareto front",
-            zorder=1,
-        )
-        ax.legend(fontsize=8)
-    if pts and min(p[0] for p in pts) > 0:
-        ax.set_xscale("log")
-    ax.set_xlabel("reranker latency (ms/query, mean)")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{metric} against reranking cost")
+    datasets = list(dict.fromkeys(sub["dataset"])) or ["(no reranked jobs)"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    for ax, d in zip(axes[0], datasets, strict=True):
+        part = sub[sub["dataset"] == d]
+        pts = list(zip(part["reranker ms/query"], part[metric], strict=True))
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:blue", zorder=2)
+        for (_, r), (x, y) in zip(part.iterrows(), pts, strict=True):
+            label = f"{_short(r['first stage'], 18)} + {_short(r['reranker'], 18)}@{r['candidates']}"
+            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(pts)
+        if front:
+            ax.step(
+                [pts[i][0] for i in front],
+                [pts[i][1] for i in front],
+                where="post",
+                c="tab:red",
+                lw=1.5,
+                label="Pareto front",
+                zorder=1,
+            )
+            ax.legend(fontsize=8, loc="lower right")
+        if pts and min(p[0] for p in pts) > 0:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("reranker latency (ms/query, mean)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.set_title(d, fontsize=10, loc="left")
+    fig.suptitle(f"{metric} against reranking cost", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 
 
 def plot_recall(records: Sequence[JobRecord], path: Path) -> None:
-    """Recall@k against k for each distinct pipeline and depth."""
+    """Recall@k against k, one panel per dataset: colour by first stage, line style by reranker."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    seen = set()
+    seen: dict[tuple, JobRecord] = {}
     for r in records:
-        key = (r.dataset, r.first_stage_name, r.reranker, r.candidates)
-        if key in seen or not r.recall_curve:
-            continue
-        seen.add(key)
-        ks = sorted(r.recall_curve)
-        ax.plot(
-            ks,
-            [r.recall_curve[k] for k in ks],
-            marker=".",
-            label=f"{r.dataset}: {r.first_stage_name} + {r.reranker}@{r.candidates}",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("k")
-    ax.set_ylabel("recall@k")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    if seen:
-        ax.legend(fontsize=6)
-    ax.set_title("recall@k of the reranked lists")
+        if r.recall_curve:
+            seen.setdefault((r.dataset, r.first_stage_name, r.reranker, r.candidates), r)
+    datasets = list(dict.fromkeys(k[0] for k in seen)) or ["(no recall curves)"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets) + 2.5, 4.8), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, d in zip(axes[0], datasets, strict=True):
+        keys = [k for k in seen if k[0] == d]
+        stages = list(dict.fromkeys(k[1] for k in keys))
+        rerankers = list(dict.fromkeys(k[2] for k in keys))
+        colors = dict(zip(stages, plt.get_cmap("tab10").colors, strict=False))
+        for key in keys:
+            r = seen[key]
+            ks = sorted(r.recall_curve)
+            ax.plot(
+                ks,
+                [r.recall_curve[k] for k in ks],
+                marker=".",
+                color=colors[key[1]],
+                linestyle=styles[rerankers.index(key[2]) % len(styles)],
+                label=f"{_short(key[1], 22)} + {_short(key[2], 22)}@{key[3]}",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("k")
+        ax.set_ylabel("recall@k")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(d, fontsize=10, loc="left")
+        if keys:
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("recall@k of the reranked lists", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 
