@@ -2,7 +2,8 @@
 # The GPU checks, as one script for the device tool (an H100 here). Needs the carried folder .devcarry/ with
 # data/{msmarco-dl19-passage,scifact}, minilm-fp16/ (the all-MiniLM-L6-v2 body in fp16: the carry limit is 64 MiB),
 # ce-random/ (config and tokenizer of the MiniLM-L6-H384 cross-encoder) and whl/ (datasets, dill, multiprocess,
-# bm25s, PyStemmer for Python 3.12). Writes into $OUT. FINETUNE=0 skips the fine-tuning run.
+# bm25s, PyStemmer for Python 3.12): benchmarks/make_devcarry.sh builds it. Writes into $OUT. FINETUNE=0 skips the
+# fine-tuning run.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RERANK_EVAL_NO_PROGRESS=1 RERANK_EVAL_DATA=$PWD/.devcarry/data
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/whl/*.whl || exit 1
