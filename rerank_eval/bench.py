@@ -14,6 +14,7 @@ from pathlib import Path
 from .cli import CONF_DIR, friendly_errors, run_from_config
 from .errors import ConfigError
 from .evaluation import metric_key
+from .files import write_atomic
 from .report import best_per_metric, comparison_frame, markdown_table, plot_bars, records_from_dirs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
             "",
             markdown_table(frame),
         ]
-        _write(results / "bench.md", "\n".join(md))
-        _write(results / "bench.csv", frame.to_csv(index=False))
+        write_atomic(results / "bench.md", "\n".join(md))
+        write_atomic(results / "bench.csv", frame.to_csv(index=False))
         plot_bars(frame, "ndcg@10", results / "bench.png", "nDCG@10 by pipeline (rerank depth 100)")
         best = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
         tracker.log(
@@ -149,12 +150,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         tracker.finish(parent, ok=ok)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

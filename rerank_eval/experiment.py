@@ -18,6 +18,7 @@ import pandas as pd
 from .cache import ScoreCache
 from .datasets import Dataset
 from .evaluation import Metric, evaluate, paired_test, parse_metrics
+from .files import write_atomic
 from .pipeline import PipelineResult, run_pipeline
 from .rerankers import Reranker
 from .retrievers import Retriever
@@ -59,12 +60,6 @@ def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
         for q in sorted(ranking):
             for rank, d in enumerate(ranking[q], 1):
                 f.write(f"{q} Q0 {d.doc_id} {rank} {d.score:.6f} {tag}\n")
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -160,7 +155,7 @@ def run_experiment(
     write_trec(res.reranked, out / "run.trec", tag=rr_name)
     write_trec(res.first_stage, out / "first_stage.trec", tag=retriever.name)
     table = per_query.add_prefix("reranked.").join(first.add_prefix("first_stage."))
-    _write_atomic(out / "per_query.csv", table.to_csv())
+    write_atomic(out / "per_query.csv", table.to_csv())
     summary = {
         "name": name,
         "dataset": dataset.name,
@@ -222,7 +217,7 @@ def run_experiment(
         )
         summary["mlflow_run_id"] = run_id
         shutil.rmtree(pending, ignore_errors=True)
-    _write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
     log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
     return JobResult(name, means, first_means, pvalues, latency, per_query, out, run_id, counts)
 
@@ -236,7 +231,7 @@ def _reuse(
     summary.update(mlflow_run_id=run_id, reused=True)
     if parent_run_id:
         tracker.log(parent_run_id, tags={f"reused.{run_id}": name})
-    _write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
     table = pd.read_csv(out / "per_query.csv", index_col="query_id", dtype={"query_id": str})
     per_query = table[[f"reranked.{m.name}" for m in metrics]].rename(
         columns=lambda c: c.removeprefix("reranked.")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluation import paired_test
+from .files import write_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TABLE_METRICS = ("ndcg@10", "mrr@10", "recall@100")
@@ -79,9 +80,9 @@ def records_from_mlflow(
     """Finished job runs of an MLflow experiment: all, a parent's children, or the given ids."""
     import tempfile
 
-    from .tracking import Tracker
+    from .tracking import tracker_for
 
-    tracker = Tracker(experiment, uri)
+    tracker = tracker_for(experiment, uri)
     if run_ids:
         runs = [tracker.client.get_run(r) for r in run_ids]
     else:
@@ -426,15 +427,9 @@ def write_report(
     for name, draw in plots.items():
         draw(out_dir / name)
         paths.append(out_dir / name)
-    _write(paths[0], "\n".join(lines) + "\n")
-    _write(paths[1], frame.to_csv(index=False))
+    write_atomic(paths[0], "\n".join(lines) + "\n")
+    write_atomic(paths[1], frame.to_csv(index=False))
     return paths
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -458,9 +453,9 @@ def main(argv: list[str] | None = None) -> None:
         args = ap.parse_args(argv)
         parent = args.parent
         if args.latest_parent:
-            from .tracking import Tracker
+            from .tracking import tracker_for
 
-            t = Tracker(args.experiment)
+            t = tracker_for(args.experiment)
             found = t.client.search_runs(
                 [t.experiment_id],
                 filter_string="tags.parent = 'true'",
