@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv bench test test-all lint perf sweep-cost report screenshot ui clean
+.PHONY: help venv bench test test-all reliability lint perf sweep-cost report screenshot ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: venv  ## the test suite (slow checks excluded)
 
 test-all: venv  ## every test, slow ones included
 	$(PY) -m pytest -q -m ""
+
+reliability: venv  ## the reliability suite with all 24 kill points (~20 min): results/reliability.md
+	RELIABILITY_REPORT=results/reliability.md $(PY) -m pytest -q -m "" tests/reliability
 
 lint: venv  ## ruff
 	$(VENV)/bin/ruff check rerank_eval tests

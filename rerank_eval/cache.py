@@ -47,6 +47,11 @@ class ScoreCache:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute(SCHEMA)
             except (sqlite3.Error, OSError) as e:
+                if "not a database" in str(e):
+                    raise ConfigError(
+                        f"the score cache {self.path} is damaged ({e}); move it away (its scores are "
+                        "recomputed) or set cache.path to another file"
+                    ) from None
                 raise ConfigError(
                     f"cannot open the score cache {self.path} ({e}); set cache.path to a writable "
                     "file or cache.enabled=false"

@@ -28,12 +28,16 @@ def friendly_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from hydra.errors import HydraException
         from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
         try:
             return fn(*args, **kwargs)
         except RerankEvalError as e:
             print(f"rerank-eval: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except HydraException as e:  # a malformed or unknown override, a missing config group option
+            print(f"rerank-eval: error: bad override: {_hydra_message(e)}", file=sys.stderr)
             sys.exit(2)
         except MissingMandatoryValue as e:
             key = getattr(e, "full_key", None) or str(e)
@@ -47,6 +51,32 @@ def friendly_errors(fn: Callable) -> Callable:
             sys.exit(2)
 
     return wrapper
+
+
+def _hydra_message(e: Exception) -> str:
+    """Hydra's message folded onto one line, with the fix it names kept."""
+    import re
+
+    cause = str(e.__cause__ or "")
+    unknown = re.search(r"Key '([^']+)' is not in struct", cause)
+    override = re.search(r"use (\+\S+)", str(e))
+    if unknown:
+        add = f", or add it with {override.group(1)}" if override else ""
+        key = getattr(e.__cause__, "full_key", None) or unknown.group(1)
+        return (
+            f"unknown config key {key!r}; check the spelling (python -m rerank_eval --cfg job "
+            f"prints the keys){add}"
+        )
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith("See http")]
+    return " ".join(lines) or type(e).__name__
+
+
+def _hydra_errors_propagate() -> None:
+    """Hydra prints its own errors over several lines and exits 1; let them reach ``friendly_errors`` instead.
+    A bug in a job then shows its whole traceback, as bugs should."""
+    import hydra._internal.utils as hydra_utils
+
+    hydra_utils.run_and_report = lambda func: func()
 
 
 def resolved_config(cfg: Any) -> dict:
@@ -67,11 +97,17 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
     from .engine import cache_root
     from .evaluation import parse_metrics
     from .experiment import run_experiment
+    from .files import write_atomic
     from .pipeline import check_depths
     from .tracking import tracker_for
 
     plain = resolved_config(cfg)
     check_depths(plain["candidates"], plain["top_k"])
+    for section, key in ((None, "progress"), (None, "resume"), ("cache", "enabled"), ("mlflow", "enabled")):
+        value = (plain.get(section) or {}).get(key, True) if section else plain.get(key, True)
+        if not isinstance(value, bool):
+            name = f"{section}.{key}" if section else key
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
     metrics = parse_metrics(plain["metrics"])
     if plain.get("significance") not in ("student", "fisher"):
         raise ConfigError(f"significance must be student or fisher, got {plain.get('significance')!r}")
@@ -84,7 +120,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
         tracker = tracker_for(plain["mlflow"].get("experiment", "rerank-eval"))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    write_atomic(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
     try:
         return run_experiment(
             comps.dataset,
@@ -113,7 +149,18 @@ def _setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def check_no_secret_inputs(argv: list[str], conf_dir: str = CONF_DIR) -> None:
+def config_dirs(argv: list[str]) -> list[Path]:
+    """The shipped config folder and any a user adds with ``--config-dir``/``-cd``."""
+    dirs = [Path(CONF_DIR)]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.partition("=")[2]))
+    return dirs
+
+
+def check_no_secret_inputs(argv: list[str]) -> None:
     """Refuse a key-like value on the command line or in a config file before Hydra saves either to disk."""
     from .config import check_no_secrets, is_secret_key
 
@@ -126,21 +173,27 @@ def check_no_secret_inputs(argv: list[str], conf_dir: str = CONF_DIR) -> None:
             )
     import yaml
 
-    for path in Path(conf_dir).rglob("*.yaml"):
-        check_no_secrets(
-            yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path.relative_to(conf_dir))
-        )
+    for conf_dir in config_dirs(argv):
+        for path in conf_dir.rglob("*.yaml"):
+            try:
+                node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                raise ConfigError(
+                    f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix that file"
+                ) from None
+            check_no_secrets(node, str(path))
 
 
-def check_group_choices(argv: list[str], conf_dir: str = CONF_DIR) -> None:
+def check_group_choices(argv: list[str]) -> None:
     """Refuse an unknown ``group=option`` (e.g. ``dataset=scifactt``) in one line that lists the choices."""
+    dirs = config_dirs(argv)
     for arg in argv:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+~")
-        folder = Path(conf_dir) / group
-        if not sep or "." in group or not folder.is_dir():
+        folders = [d / group for d in dirs if (d / group).is_dir()]
+        if not sep or "." in group or not folders:
             continue
-        choices = sorted(p.stem for p in folder.glob("*.yaml"))
+        choices = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
         for option in value.split(","):  # a sweep lists several
             if option not in choices:
                 raise ConfigError(f"unknown {group} {option!r}; choose {group}= one of: {', '.join(choices)}")
@@ -153,6 +206,7 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
 
     _setup_logging()
+    _hydra_errors_propagate()
     check_group_choices(sys.argv[1:])
     check_no_secret_inputs(sys.argv[1:])
 

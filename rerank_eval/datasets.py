@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ from typing import Protocol
 from .errors import ConfigError, DataError
 from .types import Doc, Qrels, Query
 
+log = logging.getLogger("rerank_eval")
 DATA_ENV = "RERANK_EVAL_DATA"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,6 +123,26 @@ class BeirDirDataset:
             docs[doc_id] = Doc(doc_id, str(obj["text"] or ""), str(obj.get("title") or ""))
         if not docs:
             raise DataError(f"{self._corpus_file} holds no documents")
+        blank = sum(1 for d in docs.values() if not d.full_text.strip())
+        if blank:
+            log.warning(
+                "%s: %d documents have no title and no text; kept, they score as empty", self.name, blank
+            )
+        judged = {d for rel in self._qrels.values() for d in rel}
+        unknown = judged - docs.keys()
+        if unknown == judged:
+            raise DataError(
+                f"{self._qrels_file} judges none of the documents in {self._corpus_file.name} (e.g. "
+                f"{sorted(unknown)[:3]}); do the qrels belong to this corpus?"
+            )
+        if unknown:
+            log.warning(
+                "%s: the qrels judge %d documents the corpus lacks (e.g. %s); they count as relevant but are "
+                "never retrieved",
+                self.name,
+                len(unknown),
+                sorted(unknown)[:3],
+            )
         return docs
 
     @cached_property

@@ -15,3 +15,7 @@ class DataError(RerankEvalError):
 
 class BackendUnavailableError(RerankEvalError):
     """An optional package, model or API key is missing."""
+
+
+class OutputError(RerankEvalError):
+    """A result file or store cannot be written (a full disk, a read-only folder, an unreachable server)."""

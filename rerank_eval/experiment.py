@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ import pandas as pd
 from .cache import ScoreCache
 from .datasets import Dataset
 from .evaluation import Metric, evaluate, paired_test, parse_metrics
-from .files import write_atomic
+from .files import atomic_writer, write_atomic
 from .pipeline import PipelineResult, run_pipeline
 from .rerankers import Reranker
 from .retrievers import Retriever
@@ -55,12 +54,10 @@ def fingerprint(config: Mapping, *identities: str) -> str:
 
 def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
     """Write a TREC run file atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_writer(path) as f:
         for q in sorted(ranking):
             for rank, d in enumerate(ranking[q], 1):
                 f.write(f"{q} Q0 {d.doc_id} {rank} {d.score:.6f} {tag}\n")
-    os.replace(tmp, path)
 
 
 def latency_stats(prefix: str, ms: Mapping[str, float]) -> dict[str, float]:
@@ -118,6 +115,8 @@ def run_experiment(
                 fp,
             )
             return _reuse(tracker, previous, name, metrics, out, parent_run_id)
+    if tracker is not None and tracker.close_stale(fp):
+        log.info("%s: the run an earlier, killed attempt left RUNNING in MLflow is marked KILLED", name)
     started, t0 = time.time(), time.perf_counter()
     res: PipelineResult = run_pipeline(
         dataset, retriever, reranker, candidates, top_k, cache=cache, progress=progress, on_failure=on_failure
@@ -196,7 +195,7 @@ def run_experiment(
         }
         pending = out / ".pending"  # metrics.json travels to MLflow from here; the job's own copy comes last
         pending.mkdir(exist_ok=True)
-        (pending / "metrics.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        write_atomic(pending / "metrics.json", json.dumps(summary, indent=2, default=str))
         artifacts = [
             out / "run.trec",
             out / "first_stage.trec",

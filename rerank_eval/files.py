@@ -1,13 +1,44 @@
-"""Writing result files so that a crash never leaves one that looks complete."""
+"""Writing result files so that a crash never leaves one that looks complete.
+
+Every result file is written to a hidden temporary file beside its target and renamed into place: a reader sees
+the whole file or none. A write that fails (a full disk, a read-only folder) removes its temporary file and
+raises ``OutputError``, which names the file and says that nothing scored was lost.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
+
+from .errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[TextIO]:
+    """A text file opened for writing that appears at ``path`` only when the block completes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(
+            f"cannot write {path} ({e.strerror or e}); free space or fix permissions and rerun: scores are "
+            "cached, so the rerun only writes the results"
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` whole or not at all."""
+    with atomic_writer(path) as f:
+        f.write(text)

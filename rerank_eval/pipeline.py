@@ -14,7 +14,7 @@ import numpy as np
 
 from .cache import ScoreCache, text_key
 from .datasets import Dataset
-from .errors import ConfigError, RerankEvalError
+from .errors import ConfigError, DataError, RerankEvalError
 from .ranking import top_k as cut
 from .rerankers import Reranker
 from .rerankers.api import RerankerCallError
@@ -92,6 +92,12 @@ def run_pipeline(
     queries = list(queries if queries is not None else dataset.queries())
     if not queries:
         raise ConfigError(f"{dataset.name} has no queries to run")
+    empty = [q.query_id for q in queries if not q.text.strip()]
+    if empty:
+        raise DataError(
+            f"{dataset.name}: {len(empty)} queries have no text, e.g. {empty[:3]}; give them text or remove "
+            "their judgements"
+        )
     t0 = time.perf_counter()
     retriever.index(dataset)
     result = PipelineResult({}, {}, {}, index_s=time.perf_counter() - t0)

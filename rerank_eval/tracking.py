@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (
@@ -64,6 +64,25 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except urllib.error.HTTPError:
+        pass  # it answered: a server without /health, or behind auth, is still there
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"the MLflow tracking server {uri} does not answer ({reason}); start it, fix "
+            "MLFLOW_TRACKING_URI, or set mlflow.enabled=false"
+        ) from None
+
+
 _TRACKERS: dict[tuple[str, str], Tracker] = {}
 
 
@@ -89,6 +108,7 @@ class Tracker:
         for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
             logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or default_uri()
+        _check_reachable(self.uri)
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
@@ -170,6 +190,16 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def close_stale(self, fingerprint: str) -> int:
+        """Mark runs of this fingerprint that a killed process left RUNNING as KILLED; returns how many."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.fingerprint = '{fingerprint}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(runs)
+
     def download(self, run_id: str, names: list[str], dest: Path) -> None:
         """Fetch a run's artifacts into ``dest`` (each file renamed into place whole)."""
         import tempfile
@@ -190,15 +220,31 @@ class Tracker:
         steps: Mapping[str, Mapping[int, float]] | None = None,
         start_time: float | None = None,
     ) -> str:
-        """Create one finished run holding a job's results (started when the job did) and return its id."""
-        run_id = self.start_run(name, tags, parent_run_id, start_time)
+        """Create one finished run holding a job's results (started when the job did) and return its id.
+
+        Raises:
+            OutputError: the store failed part-way; the run is marked FAILED where the store still answers.
+        """
+        try:
+            run_id = self.start_run(name, tags, parent_run_id, start_time)
+        except Exception as e:
+            raise self._store_error(e) from None
         try:
             self.log(run_id, params, metrics, None, artifacts, steps)
-        except BaseException:
-            self.finish(run_id, ok=False)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                self.finish(run_id, ok=False)
+            if isinstance(e, Exception):
+                raise self._store_error(e) from None
             raise
         self.finish(run_id)
         return run_id
+
+    def _store_error(self, e: Exception) -> OutputError:
+        return OutputError(
+            f"logging to the MLflow store {self.uri} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "the job's files are in its output folder and its scores are cached: fix the store and rerun"
+        )
 
 
 @contextlib.contextmanager

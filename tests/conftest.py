@@ -12,6 +12,14 @@ SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
 CE_MODEL = SHARED / "models" / "scifact-minilm-l6-ce"
 TINY = Path(__file__).parent / "data" / "tiny"
+DL19_CE = [  # DL19's shipped BM25 run reranked by the shared cross-encoder: the suite's real scoring workload
+    "dataset=msmarco-dl19",
+    "retriever=run",
+    "retriever.name=bm25",
+    "reranker=cross_encoder",
+    f"reranker.model={CE_MODEL}",
+    "reranker.max_length=128",
+]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,3 +55,14 @@ def scifact():
     from rerank_eval.datasets import BeirDirDataset
 
     return BeirDirDataset(DATA / "scifact", name="scifact")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """`make reliability` sets RELIABILITY_REPORT: the figures tests/reliability recorded are written there."""
+    import sys
+
+    target, relhelp = os.environ.get("RELIABILITY_REPORT"), sys.modules.get("relhelp")
+    if target and relhelp is not None and relhelp.FIGURES:
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(relhelp.render_report(relhelp.FIGURES, failed=bool(exitstatus)), encoding="utf-8")

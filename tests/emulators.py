@@ -19,6 +19,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TRANSIENT = ("429", "500", "503", "529", "reset", "slow")
@@ -48,15 +49,20 @@ class _Emulator:
         seed: int = 0,
         max_consecutive: int = 2,
         slow_s: float = 1.5,
+        retry_after_5xx: bool = False,
         key: str | None = None,
         transient_only: bool = False,
     ):
         self.plan = list(faults or [])  # faults for the first requests, in order ("" for none)
         self.fault_rate, self.rng, self.max_consecutive = fault_rate, random.Random(seed), max_consecutive
         self.slow_s, self.key = slow_s, key
+        self.retry_after_5xx = (
+            retry_after_5xx  # also send retry-after with 5xx (servers may; it speeds tests)
+        )
         self.requests: list[tuple[float, str, int]] = []
         self.bodies: list[dict] = []
         self._consecutive = 0
+        self.injected: Counter[str] = Counter()  # faults injected, by kind
         self._lock = threading.Lock()
         self.down = False  # answer every request with 503
         if transient_only:
@@ -77,6 +83,8 @@ class _Emulator:
             else:
                 f = ""
             self._consecutive = self._consecutive + 1 if f in TRANSIENT else 0
+            if f:
+                self.injected[f] += 1
             return f
 
     kinds = TRANSIENT
@@ -125,7 +133,7 @@ class _Emulator:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
-                    if status == 429:
+                    if status == 429 or (status >= 500 and emu.retry_after_5xx):
                         self.send_header("retry-after", "0.05")
                     self.end_headers()
                     self.wfile.write(data)

@@ -7,23 +7,16 @@ import subprocess
 import sys
 import time
 
+import conftest
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CE_MODEL, ROOT, TINY
+from conftest import ROOT, TINY
 from scipy import stats
 
 from rerank_eval.report import JobRecord, comparison_frame, holm, markdown_table, pareto_front, write_report
 
-DL19_CE = [
-    "dataset=msmarco-dl19",
-    "retriever=run",
-    "retriever.name=bm25",
-    "reranker=cross_encoder",
-    f"reranker.model={CE_MODEL}",
-    "reranker.max_length=128",
-    "progress=false",
-]
+DL19_CE = [*conftest.DL19_CE, "progress=false"]
 
 
 def env_for(tmp_path, uri=None):

@@ -28,6 +28,29 @@ def api_key(env_var: str, what: str) -> str:
     return key
 
 
+def describe(e: Exception) -> str:
+    """An SDK error in a few words: its type, the HTTP status and the API's own message (no headers)."""
+    status = getattr(e, "status_code", None)
+    body = getattr(e, "body", None)
+    message = None
+    if isinstance(body, dict):
+        inner = body.get("error")
+        message = body.get("message") or (inner.get("message") if isinstance(inner, dict) else inner)
+    if status is None or message is None:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": ")
+    return f"{type(e).__name__} (HTTP {status}): {str(message)[:200]}"
+
+
+def refuse_key(e: Exception, env_var: str, what: str) -> None:
+    """Raise ``BackendUnavailableError`` when the API refused the key (401/403): every query would fail the
+    same way, so the run stops at once whatever ``on_failure`` says."""
+    status = getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        raise BackendUnavailableError(
+            f"{what} refused the key in {env_var} (HTTP {status}); check that variable's key and its permissions"
+        ) from None
+
+
 def require(module: str, extra: str):
     """Import an SDK lazily; a missing one names the pip extra to install."""
     import importlib

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from ..types import Doc, Query
-from .api import RateLimiter, RerankerCallError, Usage, api_key, require
+from .api import RateLimiter, RerankerCallError, Usage, api_key, describe, refuse_key, require
 
 
 class CohereReranker:
@@ -53,7 +53,7 @@ class CohereReranker:
             max_docs_per_call,
             max_tokens_per_doc,
         )
-        self.max_retries = max_retries
+        self.max_retries, self.api_key_env = max_retries, api_key_env
         self.price = price_per_search_unit
         self.limiter = RateLimiter(requests_per_minute)
         self.usage = Usage()
@@ -83,8 +83,9 @@ class CohereReranker:
                     ) from e
                 time.sleep(min(8.0, 0.25 * 2**attempt))
             except Exception as e:  # the SDK's own retries are spent: every other failure counts the same
+                refuse_key(e, self.api_key_env, "cohere rerank")
                 raise RerankerCallError(
-                    f"cohere rerank failed for query {query.query_id}: {type(e).__name__}: {str(e)[:200]}"
+                    f"cohere rerank failed for query {query.query_id}: {describe(e)}"
                 ) from e
         raise AssertionError("unreachable")
 

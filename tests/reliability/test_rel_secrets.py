@@ -1,0 +1,75 @@
+"""Secrets: with API keys in the environment, run every reranker and the report, then scan everything the harness
+wrote (MLflow store and artifacts, .hydra folders, job logs, result files, caches) and everything it printed for
+the keys. Keys in config files are refused (see the bad-input catalogue)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from emulators import AnthropicEmulator, CohereEmulator
+from relhelp import CE_MODEL, FIGURES, TINY, run_cli, secret_hits, store_env
+
+COHERE_KEY = "co-rel-secret-0b7d5e2f9a13c4d6"
+ANTHROPIC_KEY = "sk-ant-rel-secret-5f0e9d8c7b6a5948"
+TINY_DS = ["dataset=beir_dir", f"dataset.path={TINY}", "dataset.name=tiny", "candidates=5", "top_k=3"]
+
+
+def test_no_key_anywhere(tmp_path, monkeypatch):
+    env = {**store_env(tmp_path), "COHERE_API_KEY": COHERE_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    printed = []
+    with CohereEmulator(key=COHERE_KEY) as co, AnthropicEmulator(key=ANTHROPIC_KEY) as an:
+        jobs = {
+            "none": ["reranker=none"],
+            "cross_encoder": ["reranker=cross_encoder", f"reranker.model={CE_MODEL}"],
+            "bi_encoder": ["reranker=bi_encoder"],
+            "colbert": ["reranker=colbert"],
+            "cohere": ["reranker=cohere", f"reranker.base_url={co.url}"],
+            "llm-listwise": ["reranker=llm", f"reranker.base_url={an.url}"],
+            "llm-pointwise": ["reranker=llm", "reranker.mode=pointwise", f"reranker.base_url={an.url}"],
+        }
+        for name, over in jobs.items():
+            res = run_cli(
+                [*TINY_DS, *over, "mlflow.experiment=secrets"], tmp_path / "out" / name, monkeypatch, env
+            )
+            assert res.code == 0, res.stderr[-2000:]
+            printed += [res.stdout, res.stderr]
+        # a sweep too: parent run, sweep report, multirun folders
+        res = run_cli(
+            [
+                "-m",
+                *TINY_DS,
+                "reranker=cohere",
+                f"reranker.base_url={co.url}",
+                "top_k=1,3",
+                "mlflow.experiment=secrets",
+            ],
+            tmp_path / "out" / "sweep",
+            monkeypatch,
+            env,
+        )
+        assert res.code == 0, res.stderr[-2000:]
+        printed += [res.stdout, res.stderr]
+    assert len(co.requests) >= 2 and len(an.requests) >= 4  # the keys were used
+    from rerank_eval import report
+
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        report.main(["--experiment", "secrets", "--out", str(tmp_path / "results" / "secrets")])
+    printed += [o.getvalue(), e.getvalue()]
+    assert (tmp_path / "results" / "secrets" / "report.md").is_file()
+    hydra_dirs = list(tmp_path.rglob(".hydra"))
+    logs = list(tmp_path.rglob("*.log"))
+    assert len(hydra_dirs) >= 9 and logs  # seven jobs and two sweep jobs
+    files, nbytes, hits = secret_hits([tmp_path], [COHERE_KEY, ANTHROPIC_KEY])
+    printed_hits = sum(text.count(k) for text in printed for k in (COHERE_KEY, ANTHROPIC_KEY))
+    assert hits == [] and printed_hits == 0
+    FIGURES["secrets"] = {
+        "rerankers": list(jobs),
+        "files_scanned": files,
+        "bytes_scanned": nbytes,
+        "hydra_folders": len(hydra_dirs),
+        "logs": len(logs),
+        "hits_in_files": len(hits),
+        "hits_in_output": printed_hits,
+    }
