@@ -105,8 +105,10 @@ class Tracker:
     def __init__(self, experiment: str = "rerank-eval", uri: str | None = None):
         import mlflow
 
-        for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        for name in ("alembic", "mlflow.tracking.fluent"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # it logs a store failure with its traceback before raising it; the raised error is reported in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri or default_uri()
         _check_reachable(self.uri)
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
@@ -115,14 +117,17 @@ class Tracker:
             if exp is None:
                 location = None
                 if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
-                    location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+                    db = self.uri.removeprefix("sqlite:///").split("?")[0].removeprefix("file:")
+                    location = (Path(db).resolve().parent / "mlartifacts").as_uri()
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 self.experiment_id = exp.experiment_id
+            # a write now, so that a read-only store fails before the scoring, not after it
+            self.client.set_experiment_tag(self.experiment_id, "rerank_eval.store_checked", "writable")
         except Exception as e:  # MLflow raises many types for an unreachable or read-only store
             raise ConfigError(
                 f"cannot use the MLflow store {self.uri} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}); set MLFLOW_TRACKING_URI to a reachable store"
+                f"{str(e).splitlines()[0][:200]}); set MLFLOW_TRACKING_URI to a reachable, writable store"
             ) from e
         self.experiment = experiment
 

@@ -51,7 +51,13 @@ def test_thirty_percent_faults_change_nothing(name, tmp_path, monkeypatch):
             {**store_env(tmp_path / "a"), **KEYS},
         )
     assert clean.code == 0, clean.stderr[-2000:]
-    with emu_cls(key=key, fault_rate=0.3, seed=11, transient_only=True, retry_after_5xx=True) as emu:
+    with emu_cls(
+        key=key,
+        fault_rate=0.3,
+        seed=11 + list(RERANKERS).index(name),
+        transient_only=True,
+        retry_after_5xx=True,
+    ) as emu:
         faulty = run_cli(
             [*DL19, *over, f"reranker.base_url={emu.url}"],
             tmp_path / "faulty",

@@ -46,6 +46,7 @@ def ds(path: Path | str, *more: str) -> list[str]:
 
 
 TINY_NONE = ds(TINY, "reranker=none")
+TINY_CE = ds(TINY, "reranker=cross_encoder", f"reranker.model={CE_MODEL}", "candidates=4", "top_k=2")
 
 
 def with_run(tmp: Path, lines: str, *more: str) -> list[str]:
@@ -410,7 +411,7 @@ CASES = [
         "MLflow store read-only",
         lambda t: TINY_NONE,
         2,
-        "cannot use the MLflow store",
+        "attempt to write a readonly database); set MLFLOW_TRACKING_URI to a reachable, writable store",
         env={"MLFLOW_TRACKING_URI": "READONLY"},
     ),
     Case(
@@ -427,9 +428,9 @@ CASES = [
     ),
     Case(
         "disk full while writing results (simulated)",
-        lambda t: TINY_NONE,
+        lambda t: TINY_CE,
         2,
-        "No space left on device); free space",
+        "run.trec (No space left on device); free space or fix permissions and rerun: scores are cached",
     ),
 ]
 
@@ -449,12 +450,13 @@ def _readonly_store(tmp: Path) -> str:
     import mlflow
 
     db = tmp / "ro.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # create the schema
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").create_experiment("rerank-eval")
     return f"sqlite:///file:{db}?mode=ro&uri=true"
 
 
 def _full_disk(monkeypatch):
-    """Every result file write fails with ENOSPC after its first bytes, as on a full disk."""
+    """Writing the run file (the first result written after the scoring) fails with ENOSPC after its first bytes,
+    as on a disk that filled up during the run."""
     import builtins
 
     from rerank_eval import files
@@ -475,7 +477,11 @@ def _full_disk(monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(files, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    def full_open(path, *a, **k):
+        f = real_open(path, *a, **k)
+        return Full(f) if str(path).endswith("run.trec.tmp") else f
+
+    monkeypatch.setattr(files, "open", full_open, raising=False)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.kind for c in CASES])
@@ -515,6 +521,19 @@ def test_bad_input(case, tmp_path, monkeypatch):
         if case.check:
             case.check(out)
     assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_a_full_disk_loses_no_scores(tmp_path, monkeypatch):
+    env = store_env(tmp_path)
+    with monkeypatch.context() as m:
+        _full_disk(m)
+        res = run_cli(TINY_CE, tmp_path / "out", m, env)
+    assert res.code == 2 and "No space left on device" in res.last_error_line
+    assert not (tmp_path / "out" / "run.trec").exists() and not list(tmp_path.rglob(".*.tmp"))
+    again = run_cli(TINY_CE, tmp_path / "out", monkeypatch, env)  # space freed: the rerun only writes
+    assert again.code == 0, again.stderr[-2000:]
+    counts = json.loads((tmp_path / "out" / "metrics.json").read_text())["counts"]
+    assert counts["pairs_scored"] == 0 and counts["pairs_cached"] == 2 * 4
 
 
 def test_catalogue_size():
