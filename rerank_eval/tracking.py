@@ -83,6 +83,30 @@ def _check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         ) from None
 
 
+def _create_sqlite_store(uri: str) -> None:
+    """Create a new SQLite store whole or not at all. MLflow builds its schema in many statements; a process
+    killed half-way would leave a store that every later run refuses ("table ... already exists"). So the
+    schema is built in a temporary file beside the store and hard-linked into place (a parallel worker that
+    got there first wins; its store is used as it is)."""
+    if not uri.startswith("sqlite:///") or "?" in uri or uri.startswith("sqlite:///file:"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists():
+        return
+    import mlflow
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.init")
+    tmp.unlink(missing_ok=True)
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # builds the schema
+    try:
+        os.link(tmp, db)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 _TRACKERS: dict[tuple[str, str], Tracker] = {}
 
 
@@ -111,6 +135,7 @@ class Tracker:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri or default_uri()
         _check_reachable(self.uri)
+        _create_sqlite_store(self.uri)
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
