@@ -30,7 +30,7 @@ test: venv  ## the test suite (slow checks excluded)
 test-all: venv  ## every test, slow ones included
 	$(PY) -m pytest -q -m ""
 
-reliability: venv  ## the reliability suite with all 24 kill points (~20 min): results/reliability.md
+reliability: venv  ## the reliability suite, slow parts and all 25 kill points (~15 min): results/reliability.md
 	RELIABILITY_REPORT=results/reliability.md $(PY) -m pytest -q -m "" tests/reliability
 
 lint: venv  ## ruff

@@ -1,5 +1,5 @@
 """Crash anywhere, lose nothing: SIGKILL a job and a sweep at seeded random moments, rerun, and compare with an
-uninterrupted run. `make test` tries one kill point; `make reliability` tries 24 (the slow variant)."""
+uninterrupted run. `make reliability` tries 25 kill points; `make test` leaves them to tests/test_sweeps.py's one."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def kill_points(scenario: str, n: int, seed: int, tmp_path: Path) -> dict:
 @pytest.mark.parametrize(
     "scenario, n",
     [
-        ("job", 1),  # `make test`: one kill point (tests/test_sweeps.py kills a sweep once too)
+        pytest.param("job", 1, marks=pytest.mark.slow),  # `make test` kills a sweep in tests/test_sweeps.py
         pytest.param("job", 14, marks=pytest.mark.slow),
         pytest.param("sweep", 10, marks=pytest.mark.slow),
     ],
