@@ -83,15 +83,22 @@ def _check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         ) from None
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (plain or ``file:...?options`` form), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?")[0].removeprefix("file:"))
+
+
 def _create_sqlite_store(uri: str) -> None:
     """Create a new SQLite store whole or not at all. MLflow builds its schema in many statements; a process
     killed half-way would leave a store that every later run refuses ("table ... already exists"). So the
     schema is built in a temporary file beside the store and hard-linked into place (a parallel worker that
     got there first wins; its store is used as it is)."""
-    if not uri.startswith("sqlite:///") or "?" in uri or uri.startswith("sqlite:///file:"):
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    if db.exists():
+    db = _sqlite_file(uri)
+    if (
+        db is None or "?" in uri or db.exists()
+    ):  # not SQLite, opened with options (read-only), or there already
         return
     import mlflow
 
@@ -140,10 +147,8 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
-                location = None
-                if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
-                    db = self.uri.removeprefix("sqlite:///").split("?")[0].removeprefix("file:")
-                    location = (Path(db).resolve().parent / "mlartifacts").as_uri()
+                db = _sqlite_file(self.uri)  # artifacts beside the database, not in the cwd
+                location = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 self.experiment_id = exp.experiment_id
