@@ -1,16 +1,23 @@
-"""Fast scoring for cross-encoders: each unique text tokenized once, pairs built from ids, length-sorted batches
-under a token budget, bf16 where the hardware has it, fp32 scores out.
+"""Fast scoring for cross-encoders and bi-encoders: each unique text tokenized once (the Rust tokenizer, plain ASCII
+past BERT's Unicode clean-up), pairs built from ids, BERT-family models run packed (a batch is one row of all its
+sequences' tokens: no compute on padding, attention within each sequence, flash-attention over variable lengths on
+a GPU), batches under a token budget, bf16 where the hardware has it, fp32 scores out.
 
 Scores equal ``sentence_transformers.CrossEncoder.predict`` on the same pairs (within 1e-5 in fp32, 1e-2 in
 bf16): pairs use the model's own special tokens and the tokenizer's longest-first truncation rule, which
-``CrossEncoderEngine`` checks against the tokenizer when it loads.
+``CrossEncoderEngine`` checks against the tokenizer when it loads. ``BiEncoder`` vectors equal
+``SentenceTransformer.encode`` the same way.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import json
 import os
+import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,19 +119,13 @@ def pick_dtype(dtype: str | None, device: str):
     return table[dtype]
 
 
-def truncate_pair(n1: int, n2: int, budget: int) -> tuple[int, int]:
-    """Lengths after the tokenizer's ``longest_first`` truncation of a pair to ``budget`` content tokens."""
-    if n1 + n2 <= budget:
-        return n1, n2
-    if n1 > n2:
-        keep2 = min(n2, budget // 2)
-        return budget - keep2, keep2
-    keep1 = min(n1, budget // 2)
-    return keep1, budget - keep1
-
-
 class CrossEncoderEngine:
     """Scores (query, document) pairs with a sequence-classification model.
+
+    BERT-family models (MiniLM, ms-marco cross-encoders) run packed: a batch is one row of all its pairs'
+    tokens, so the dense layers compute no padding, and attention runs per pair (flash-attention over variable
+    lengths on a GPU where torch has it, else padded attention over the length-sorted batch). Other models run
+    through their own Hugging Face forward on padded, length-sorted batches.
 
     Args:
         model: a Hugging Face id or a local folder.
@@ -133,11 +134,15 @@ class CrossEncoderEngine:
         dtype: ``auto`` (bf16 where the hardware has it), ``fp32``, ``bf16`` or ``fp16``.
         batch_tokens: the token budget of one batch (rows times padded length); None: 1024 on CPU, 65536 on
             CUDA. On CPU a batch also ends where the next pair is shorter than 70% of the batch's longest, so
-            little compute goes to padding: on DL19's per-query calls of 10 to 100 pairs that ran 1.3 to 1.5x
-            faster here than 4096-token batches (see ``_batches``).
+            little compute goes to padded attention (see ``_batches``).
         activation: apply the model's own activation (sigmoid for one label) to the logits.
-        chunk_pairs: pairs per chunk; the next chunk is tokenized while this one is scored.
+        chunk_pairs: the most pairs prepared at once; helper threads tokenize and pack the next chunks while
+            this one is scored. Chunks grow from 256 pairs, so the model starts early.
+        prep_workers: chunks prepared at once (None: 1 on CPU, where the model wants the cores; 4 on CUDA, where
+            the tokenizer is the wall: on an H100 host, 4 gave 26,300 pairs/s end to end, 2 gave 20,300-21,300 and
+            1 gave 17,700-21,500; benchmarks/pipeline_timing.py).
         compile: ``torch.compile`` the model (worth it for long runs on a GPU; the first batches compile).
+        packed: run BERT-family models packed (None: whenever the model is one); False: padded batches.
     """
 
     def __init__(
@@ -150,6 +155,8 @@ class CrossEncoderEngine:
         activation: bool = False,
         chunk_pairs: int = 2048,
         compile: bool = False,
+        packed: bool | None = None,
+        prep_workers: int | None = None,
     ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -176,12 +183,26 @@ class CrossEncoderEngine:
         self.activation = activation
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._template = self._pair_template()
-        self._ids: dict[str, list[int]] = {}
+        self._store = _TokenStore()
         self._fast = _plain_fast_tokenizer(self.tokenizer)
+        self._fast_ascii = _ascii_tokenizer(self._fast)
         self.chunk_pairs = int(chunk_pairs)
-        if compile:
-            self.model = torch.compile(self.model, dynamic=True)
+        self.prep_workers = int(prep_workers or (4 if cuda else 1))
         self._torch = torch
+        can_pack = _is_plain_bert(self.model)
+        if packed and not can_pack:
+            raise ConfigError(
+                f"{model} is not a BERT-family classifier; packed=true needs one (use packed=null)"
+            )
+        self.packed = can_pack if packed is None else bool(packed)
+        self._varlen = None
+        if self.packed:
+            self._qkv = _fused_qkv(torch, self.model.bert)
+            if cuda and self.dtype != torch.float32:
+                self._varlen = _varlen_attention(torch, self.device, self.dtype, self.model.config)
+        self._forward = self._forward_packed if self.packed else self._forward_padded
+        if compile:
+            self._forward = torch.compile(self._forward, dynamic=True)
 
     # -- pair construction -------------------------------------------------------------------------------------
     def _pair_template(self):
@@ -195,54 +216,67 @@ class CrossEncoderEngine:
         if s1 < 0 or s2 < 0:
             return None
         t = types or [0] * len(ids)
-        return {
-            "prefix": ids[:s1],
-            "middle": ids[s1 + len(a) : s2],
-            "suffix": ids[s2 + len(b) :],
+        e1, e2 = s1 + len(a), s2 + len(b)
+        return {  # special tokens in order (prefix, middle, suffix) and the type id of every position kind
+            "tokens": np.array(ids[:s1] + ids[e1:s2] + ids[e2:], dtype=np.int64),
+            "types": np.array(t[:s1] + t[e1:s2] + t[e2:], dtype=np.int64),
+            "sizes": (s1, s2 - e1, len(ids) - e2),
             "t1": t[s1],
             "t2": t[s2],
-            "tprefix": t[:s1],
-            "tmiddle": t[s1 + len(a) : s2],
-            "tsuffix": t[s2 + len(b) :],
             "has_types": types is not None,
         }
 
-    @property
-    def _special(self) -> int:
-        t = self._template
-        return len(t["prefix"]) + len(t["middle"]) + len(t["suffix"])
-
     def _token_ids(self, texts: Sequence[str]) -> None:
-        """Tokenize the texts not seen before, in one batched call (the Rust tokenizer directly when there is one)."""
-        new = list(dict.fromkeys(t for t in texts if t not in self._ids))
-        if not new:
-            return
-        if self._fast is not None:
-            ids = [
-                e.ids[: self.max_length] for e in self._fast.encode_batch_fast(new, add_special_tokens=False)
-            ]
-        else:
-            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)[
-                "input_ids"
-            ]
-        self._ids.update(zip(new, ids, strict=True))
+        """Tokenize the texts not seen before, in batched calls (the Rust tokenizer directly when there is one;
+        plain ASCII texts through a copy without BERT's Unicode clean-up, which cannot change them)."""
+        new = self._store.missing(texts)
+        if new:
+            self._store.add(
+                new, _tokenize(new, self.tokenizer, self._fast, self._fast_ascii), self.max_length
+            )
 
-    def build(self, query: str, doc: str) -> tuple[list[int], list[int]]:
-        """Input ids and token type ids of one pair, as the tokenizer would make them."""
+    def pack(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Input ids, token type ids and offsets (``cu[i]:cu[i+1]`` is pair i) of the pairs packed into one row,
+        exactly as the tokenizer would encode each pair (special tokens, longest-first truncation)."""
+        self._token_ids([t for p in pairs for t in p])
+        qs, ql, ds, dl, tokens = self._store.spans(pairs)
+        n1, n2, lengths = self._lengths(ql, dl)
+        return self._pack(qs, ds, n1, n2, lengths, tokens)
+
+    def _lengths(self, ql: np.ndarray, dl: np.ndarray):
+        p, m, s = self._template["sizes"]
+        n1, n2 = truncate_pairs(ql, dl, self.max_length - p - m - s)
+        return n1, n2, p + m + s + n1 + n2
+
+    def _pack(self, qs, ds, n1, n2, lengths, tokens):
+        """Pairs whose query tokens start at ``tokens[qs]`` and document tokens at ``tokens[ds]``, truncated to
+        ``n1`` and ``n2`` tokens, packed into one row."""
         t = self._template
-        q, d = self._ids[query], self._ids[doc]
-        n1, n2 = truncate_pair(len(q), len(d), self.max_length - self._special)
-        ids = t["prefix"] + q[:n1] + t["middle"] + d[:n2] + t["suffix"]
-        types = t["tprefix"] + [t["t1"]] * n1 + t["tmiddle"] + [t["t2"]] * n2 + t["tsuffix"]
-        return ids, types
+        p, m, _ = t["sizes"]
+        cu = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cu[1:])
+        row = np.repeat(np.arange(len(lengths)), lengths)
+        j = np.arange(cu[-1]) - cu[row]  # position within the pair
+        b2 = p + n1[row]  # end of the query
+        b3 = b2 + m  # start of the document
+        b4 = b3 + n2[row]  # end of the document
+        in_q = (j >= p) & (j < b2)
+        in_d = (j >= b3) & (j < b4)
+        text_pos = np.where(in_q, qs[row] + j - p, ds[row] + j - b3)
+        special = np.where(j < p, j, np.where(j < b3, j - n1[row], j - n1[row] - n2[row]))
+        in_text = in_q | in_d
+        ids = np.where(in_text, tokens[np.where(in_text, text_pos, 0)], t["tokens"][special * ~in_text])
+        types = np.where(in_q, t["t1"], np.where(in_d, t["t2"], t["types"][special * ~in_text]))
+        return ids, types, cu
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def score_pairs(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> np.ndarray:
         """Scores of (query text, document text) pairs in input order, fp32. Identical pairs are scored once.
 
-        Pairs go through in chunks: a helper thread tokenizes the next chunk while this one is batched and scored
-        (the Rust tokenizer and the model both release the GIL; on CUDA the model also runs asynchronously).
+        Helper threads tokenize the next chunks of pairs and pack their batches while this one is scored (the
+        Rust tokenizer, numpy and the model release the GIL; on CUDA the model also runs asynchronously).
         """
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         torch = self._torch
@@ -252,18 +286,22 @@ class CrossEncoderEngine:
             raise BackendUnavailableError(f"cannot find the pair layout of {self.name}'s tokenizer")
         unique = list(dict.fromkeys(pairs))
         where = {p: i for i, p in enumerate(unique)}
-        chunks = [unique[i : i + self.chunk_pairs] for i in range(0, len(unique), self.chunk_pairs)]
+        chunks, size, start = [], min(256, self.chunk_pairs), 0
+        while start < len(unique):
+            chunks.append((start, unique[start : start + size]))
+            start += size
+            size = min(2 * size, self.chunk_pairs)
         results: list[tuple[np.ndarray, object]] = []  # (row indices into unique, logits on the device)
         bar = _progress(len(unique), progress, f"scoring {self.name}")
-        with ThreadPoolExecutor(1) as pool, torch.inference_mode():
-            pending = pool.submit(self._token_ids, [t for p in chunks[0] for t in p])
-            for k, chunk in enumerate(chunks):
-                pending.result()
-                if k + 1 < len(chunks):
-                    pending = pool.submit(self._token_ids, [t for p in chunks[k + 1] for t in p])
-                offset = k * self.chunk_pairs
-                for idx, logits in self._score_chunk(chunk):
-                    results.append((idx + offset, logits))
+        with ThreadPoolExecutor(self.prep_workers) as pool, torch.inference_mode():
+            ahead = deque(pool.submit(self._prepare, *c) for c in chunks[: self.prep_workers])
+            for k in range(len(chunks)):
+                batches = ahead.popleft().result()
+                if k + self.prep_workers < len(chunks):
+                    ahead.append(pool.submit(self._prepare, *chunks[k + self.prep_workers]))
+                for idx, feed in batches:
+                    logits = self._forward(**{k: _to_device(torch, v, self.device) for k, v in feed.items()})
+                    results.append((idx, logits))
                     if bar:
                         bar.update(len(idx))
         if bar:
@@ -275,34 +313,253 @@ class CrossEncoderEngine:
         scores[np.concatenate([r[0] for r in results])] = logits.cpu().numpy()
         return scores[[where[p] for p in pairs]]
 
-    def _score_chunk(self, chunk: Sequence[tuple[str, str]]):
-        """Yield (row indices within the chunk, logits) per length-sorted batch; nothing waits for the device."""
-        torch = self._torch
-        built = [self.build(q, d) for q, d in chunk]
-        lengths = np.fromiter((len(b[0]) for b in built), dtype=np.int64, count=len(built))
+    def _prepare(self, offset: int, chunk: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, dict]]:
+        """Tokenize a chunk's new texts and cut it into length-sorted batches of model inputs (numpy)."""
+        self._token_ids([t for p in chunk for t in p])
+        qs, ql, ds, dl, tokens = self._store.spans(chunk)
+        n1, n2, lengths = self._lengths(ql, dl)
         order = np.argsort(-lengths, kind="stable")
-        for start, stop in _batches(lengths[order], self.batch_tokens, self.min_fill):
-            idx = order[start:stop]
-            width = int(lengths[idx[0]])
-            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-            types = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                b_ids, b_types = built[i]
-                ids[row, : len(b_ids)] = b_ids
-                types[row, : len(b_ids)] = b_types
-                mask[row, : len(b_ids)] = 1
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if self._template["has_types"]:
-                feed["token_type_ids"] = types
-            feed = {k: _to_device(torch, v, self.device) for k, v in feed.items()}
-            logits = self.model(**feed).logits
-            if logits.shape[-1] != 1:
-                raise ConfigError(f"{self.name} has {logits.shape[-1]} labels; a reranker needs one")
-            yield idx, logits[:, 0]
+        out = []
+        for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
+            idx = order[a:b]
+            ids, types, cu = self._pack(qs[idx], ds[idx], n1[idx], n2[idx], lengths[idx], tokens)
+            if self.packed:
+                row = np.repeat(np.arange(len(idx)), lengths[idx])
+                pos = np.arange(cu[-1]) - cu[row]  # worked out here: on a GPU it would wait for the device
+                feed = {"tokens": np.stack([ids, types, row, pos]), "cu": cu, "width": int(lengths[idx[0]])}
+            else:
+                feed = _pad(ids, types, cu, self.pad_id, self._template["has_types"])
+            out.append((idx + offset, feed))
+        return out
+
+    def _forward_padded(self, input_ids, attention_mask, token_type_ids=None):
+        """The model's own forward on a padded batch; logits of the one label."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            feed["token_type_ids"] = token_type_ids
+        logits = self.model(**feed).logits
+        if logits.shape[-1] != 1:
+            raise ConfigError(f"{self.name} has {logits.shape[-1]} labels; a reranker needs one")
+        return logits[:, 0]
+
+    def _forward_packed(self, tokens, cu, width: int):
+        """A BERT classifier over one packed row (``tokens``: ids, type ids, pair and position of each token):
+        the model's own modules and weights, attention within each pair."""
+        bert = self.model.bert
+        x = _bert_packed(self._torch, bert, self._qkv, self._varlen, tokens, cu, width)
+        return self.model.classifier(bert.pooler(x[cu[:-1]][:, None]))[:, 0]
 
 
-def _to_device(torch, array: np.ndarray, device: str):
+class _TokenStore:
+    """Token ids of every text seen, in one flat int32 array that grows by doubling (``slot[text]`` indexes
+    ``_start`` and ``_length``). Safe for the helper threads that fill it while others read it."""
+
+    def __init__(self):
+        self.slot: dict[str, int] = {}
+        self._tokens = np.zeros(1 << 16, dtype=np.int32)
+        self._start = np.zeros(1 << 10, dtype=np.int64)
+        self._length = np.zeros(1 << 10, dtype=np.int64)
+        self._n_tokens = 0
+        self._lock = threading.Lock()
+
+    def missing(self, texts: Sequence[str]) -> list[str]:
+        with self._lock:
+            return [t for t in dict.fromkeys(texts) if t not in self.slot]
+
+    def add(self, texts: Sequence[str], ids: Sequence[Sequence[int]], max_length: int) -> None:
+        with self._lock:
+            new = [k for k, t in enumerate(texts) if t not in self.slot]  # another thread may have added some
+            texts, ids = [texts[k] for k in new], [ids[k] for k in new]
+            lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+            if lengths.max(initial=0) > max_length:
+                ids = [i[:max_length] for i in ids]
+                lengths = np.minimum(lengths, max_length)
+            n, used = len(self.slot), self._n_tokens
+            total = int(lengths.sum())
+            self._tokens = _room(self._tokens, used + total)
+            self._tokens[used : used + total] = np.fromiter(
+                itertools.chain.from_iterable(ids), np.int32, total
+            )
+            self._start = _room(self._start, n + len(texts))
+            self._length = _room(self._length, n + len(texts))
+            self._start[n : n + len(texts)] = used + np.cumsum(lengths) - lengths
+            self._length[n : n + len(texts)] = lengths
+            self._n_tokens = used + total
+            self.slot.update(zip(texts, range(n, n + len(texts)), strict=True))
+
+    def spans(self, pairs: Sequence[tuple[str, str]]):
+        """Where each pair's query and document tokens start, their lengths, and the token array they index."""
+        with self._lock:
+            s = self.slot
+            q = np.fromiter((s[p[0]] for p in pairs), dtype=np.int64, count=len(pairs))
+            d = np.fromiter((s[p[1]] for p in pairs), dtype=np.int64, count=len(pairs))
+            return self._start[q], self._length[q], self._start[d], self._length[d], self._tokens
+
+    def clear(self) -> None:
+        self.__init__()
+
+
+def _room(array: np.ndarray, size: int) -> np.ndarray:
+    """``array``, or a copy at least twice as long when it holds fewer than ``size`` items."""
+    if size <= len(array):
+        return array
+    grown = np.zeros(max(size, 2 * len(array)), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
+
+
+def truncate_pairs(n1: np.ndarray, n2: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths after the tokenizer's ``longest_first`` truncation of pairs of ``n1`` and ``n2`` tokens (arrays)
+    to ``budget`` content tokens."""
+    fits = n1 + n2 <= budget
+    keep2 = np.minimum(n2, budget // 2)  # when the query is the longer one
+    keep1 = np.minimum(n1, budget // 2)  # otherwise
+    q_longer = n1 > n2
+    t1 = np.where(fits, n1, np.where(q_longer, budget - keep2, keep1))
+    t2 = np.where(fits, n2, np.where(q_longer, keep2, budget - keep1))
+    return t1, t2
+
+
+def _pad(ids, types, cu, pad_id: int, has_types: bool) -> dict:
+    """A packed row as the padded batch a Hugging Face forward takes."""
+    lengths = np.diff(cu)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    col = np.arange(cu[-1]) - cu[row]
+    shape = (len(lengths), int(lengths.max()))
+    feed = {
+        "input_ids": np.full(shape, pad_id, dtype=np.int64),
+        "attention_mask": np.zeros(shape, dtype=np.int64),
+    }
+    feed["input_ids"][row, col] = ids
+    feed["attention_mask"][row, col] = 1
+    if has_types:
+        feed["token_type_ids"] = np.zeros(shape, dtype=np.int64)
+        feed["token_type_ids"][row, col] = types
+    return feed
+
+
+def _is_plain_bert(model) -> bool:
+    """A BERT sequence classifier whose forward ``_forward_packed`` reproduces (absolute positions, encoder only,
+    the standard pooler and one linear classifier)."""
+    cfg = model.config
+    return (
+        cfg.model_type == "bert"
+        and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(cfg, "is_decoder", False)
+        and type(model).__name__ == "BertForSequenceClassification"
+        and getattr(model.bert, "pooler", None) is not None
+    )
+
+
+def _fused_qkv(torch, bert) -> list:
+    """Each layer's query, key and value projections as one matrix (one matrix multiplication instead of three)."""
+    return [
+        (
+            torch.cat([a.query.weight, a.key.weight, a.value.weight]),
+            torch.cat([a.query.bias, a.key.bias, a.value.bias]),
+        )
+        for a in (layer.attention.self for layer in bert.encoder.layer)
+    ]
+
+
+def _bert_packed(torch, bert, qkv, varlen, tokens, cu, width: int):
+    """A BERT body over one packed row (``tokens``: ids, type ids, pair and position of each token; ``cu``: where
+    each sequence starts; ``width``: the longest): the model's own modules and weights, attention within each
+    sequence. Returns the last hidden states, one row per token."""
+    ids, types, row, pos = tokens
+    x = bert.embeddings(input_ids=ids[None], token_type_ids=types[None], position_ids=pos[None])[0]
+    attend = _attention(torch, varlen, cu, row, pos, width)
+    n, heads = len(ids), bert.config.num_attention_heads
+    for layer, (w, b) in zip(bert.encoder.layer, qkv, strict=True):
+        q, k, v = torch.nn.functional.linear(x, w, b).view(n, 3, heads, -1).unbind(1)
+        out = layer.attention.output
+        x = out.LayerNorm(out.dense(attend(q, k, v).reshape(n, -1)) + x)
+        x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+    return x
+
+
+def _tokenize(texts: Sequence[str], tokenizer, fast, fast_ascii) -> list[list[int]]:
+    """Token ids of the texts without special tokens, in order: the Rust tokenizer directly when there is one,
+    plain ASCII texts through its copy without BERT's Unicode clean-up (``_ascii_tokenizer``)."""
+    if fast is None:
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if fast_ascii is None:
+        return [e.ids for e in fast.encode_batch_fast(list(texts), add_special_tokens=False)]
+    plain = [t.isascii() and not _ASCII_CONTROL.search(t) for t in texts]
+    light = fast_ascii.encode_batch_fast(
+        [t for t, p in zip(texts, plain, strict=True) if p], add_special_tokens=False
+    )
+    full = fast.encode_batch_fast(
+        [t for t, p in zip(texts, plain, strict=True) if not p], add_special_tokens=False
+    )
+    light, full = iter(light), iter(full)
+    return [next(light).ids if p else next(full).ids for p in plain]
+
+
+def _mean_pooled_bert(st_model):
+    """The BertModel of a sentence-transformers model that is exactly a BERT body, mean pooling over all tokens
+    and (optionally) normalization, which ``BiEncoder`` runs packed; else None."""
+    modules = list(st_model)
+    names = [type(m).__name__ for m in modules]
+    if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return None
+    body = getattr(modules[0], "auto_model", None)
+    pooling = modules[1].get_config_dict()
+    modes = [
+        k for k, v in pooling.items() if k.startswith("pooling_mode_") and v
+    ]  # sentence-transformers < 6
+    mean = pooling.get("pooling_mode") == "mean" or modes == ["pooling_mode_mean_tokens"]
+    plain_body = (
+        type(body).__name__ == "BertModel"
+        and getattr(body.config, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(body.config, "is_decoder", False)
+    )
+    return body if mean and plain_body and pooling.get("include_prompt", True) else None
+
+
+def _varlen_attention(torch, device: str, dtype, config):
+    """torch's flash-attention over variable-length sequences where this torch and card run it (CUDA, fp16/bf16)
+    and it agrees with padded attention on a probe; else None (padded attention is used)."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        q, k, v = torch.randn(3, 8, 2, head_dim, device=device, generator=gen).to(dtype).unbind(0)
+        cu = torch.tensor([0, 5, 8], dtype=torch.int32, device=device)
+        got = varlen_attn(q, k, v, cu, cu, 5, 5)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        want = torch.cat(
+            [sdpa(*(x[a:b].transpose(0, 1) for x in (q, k, v))).transpose(0, 1) for a, b in ((0, 5), (5, 8))]
+        )
+        if (got.float() - want.float()).abs().max().item() < 1e-2:
+            return varlen_attn
+    except Exception:  # an older torch, or a card its flash attention does not support
+        pass
+    return None
+
+
+def _attention(torch, varlen, cu, row, pos, width: int):
+    """Self-attention within each pair of a packed row (``width``: the longest pair): ``attend(q, k, v)`` on
+    (tokens, heads, dim) tensors."""
+    if varlen is not None:
+        cu32 = cu.to(torch.int32)
+        return lambda q, k, v: varlen(q, k, v, cu32, cu32, width, width)
+    lengths = cu[1:] - cu[:-1]
+    keep = (torch.arange(width, device=cu.device)[None, :] < lengths[:, None])[:, None, None, :]
+
+    def padded(q, k, v):
+        shape = (len(lengths), width, *q.shape[1:])
+        qkv = [q.new_zeros(shape).index_put_((row, pos), x).transpose(1, 2) for x in (q, k, v)]
+        out = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=keep)
+        return out.transpose(1, 2)[row, pos]
+
+    return padded
+
+
+def _to_device(torch, array, device: str):
+    if not isinstance(array, np.ndarray):
+        return array
     t = torch.from_numpy(array)
     if device.startswith("cuda"):
         return t.pin_memory().to(device, non_blocking=True)
@@ -334,6 +591,26 @@ def _plain_fast_tokenizer(tokenizer):
     fast.no_truncation()
     fast.no_padding()
     return fast
+
+
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # what BERT's clean-up drops from ASCII
+
+
+def _ascii_tokenizer(fast):
+    """For a tokenizer whose normalizer is BERT's: a copy that only lowercases (if the original does). On ASCII
+    text without control characters BERT's normalizer does nothing else that changes tokens (accents, Chinese
+    characters and odd whitespace need non-ASCII; tabs and newlines split words either way), and skipping it
+    tokenizes about 30% faster. None for any other tokenizer."""
+    if fast is None:
+        return None
+    norm = json.loads(fast.to_str()).get("normalizer") or {}
+    if norm.get("type") != "BertNormalizer":
+        return None
+    from tokenizers import Tokenizer, normalizers
+
+    light = Tokenizer.from_str(fast.to_str())
+    light.normalizer = normalizers.Lowercase() if norm.get("lowercase") else normalizers.Sequence([])
+    return light
 
 
 def _find(seq: list[int], sub: list[int], start: int) -> int:
@@ -378,13 +655,19 @@ def shared_bi_encoder(
 
 
 class BiEncoder:
-    """A sentence-transformers bi-encoder: length-sorted batches, bf16 where the hardware has it, unit vectors.
+    """A sentence-transformers bi-encoder, bf16 where the hardware has it, unit vectors out.
+
+    A BERT body with mean pooling (all-MiniLM-L6-v2 and its kind) runs packed like ``CrossEncoderEngine``: texts
+    tokenized in one call, batches of packed tokens under a token budget, attention per text; its vectors equal
+    ``SentenceTransformer.encode`` (within 1e-5 in fp32). Any other model goes through ``encode`` with
+    length-sorted batches.
 
     Args:
         model: a Hugging Face id or a local folder (``sentence-transformers/all-MiniLM-L6-v2`` loads offline).
         device, dtype: as for ``CrossEncoderEngine``.
-        batch_size: texts per batch.
+        batch_size: texts per batch of a model that does not run packed.
         max_length: longest input in tokens (None keeps the model's own).
+        batch_tokens: the token budget of one packed batch (None: 1024 on CPU, 65536 on CUDA).
     """
 
     def __init__(
@@ -394,7 +677,9 @@ class BiEncoder:
         dtype: str = "auto",
         batch_size: int = 128,
         max_length: int | None = None,
+        batch_tokens: int | None = None,
     ):
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.name = model
@@ -411,17 +696,68 @@ class BiEncoder:
         if max_length:
             self.model.max_seq_length = int(max_length)
         self.identity = f"{self.name}|{model_fingerprint(self.path)}|{self.dtype}|{self.model.max_seq_length}"
+        cuda = self.device.startswith("cuda")
+        self.batch_tokens = int(batch_tokens or (65536 if cuda else 1024))
+        self.min_fill = 0.0 if cuda else 0.7
+        self._bert = _mean_pooled_bert(self.model)
+        if self._bert is not None:
+            tok = self.model.tokenizer
+            self._fast = _plain_fast_tokenizer(tok)
+            self._fast_ascii = _ascii_tokenizer(self._fast)
+            self._cls, self._sep = tok("alpha")["input_ids"][0], tok("alpha")["input_ids"][-1]
+            self._qkv = _fused_qkv(torch, self._bert)
+            self._varlen = None
+            if cuda and self.dtype != torch.float32:
+                self._varlen = _varlen_attention(torch, self.device, self.dtype, self._bert.config)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Unit-length fp32 embeddings of the texts, in input order."""
-        emb = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress and not os.environ.get("RERANK_EVAL_NO_PROGRESS"),
-        )
-        return np.asarray(emb, dtype=np.float32)
+        show = progress and not os.environ.get("RERANK_EVAL_NO_PROGRESS")
+        if self._bert is None:
+            emb = self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show,
+            )
+            return np.asarray(emb, dtype=np.float32)
+        return self._encode_packed([t.strip() for t in texts], show)
+
+    def _encode_packed(self, texts: list[str], progress: bool) -> np.ndarray:
+        import torch
+
+        keep = self.model.max_seq_length - 2
+        ids = [i[:keep] for i in _tokenize(texts, self.model.tokenizer, self._fast, self._fast_ascii)]
+        lengths = np.fromiter((len(i) + 2 for i in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        out = np.zeros((len(texts), self._bert.config.hidden_size), dtype=np.float32)
+        bar = _progress(len(texts), progress, f"encoding {self.name}")
+        with torch.inference_mode():
+            for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
+                idx = order[a:b]
+                flat = np.fromiter(
+                    itertools.chain.from_iterable([self._cls, *ids[i], self._sep] for i in idx),
+                    dtype=np.int64,
+                    count=int(lengths[idx].sum()),
+                )
+                cu = np.concatenate([[0], np.cumsum(lengths[idx])])
+                row = np.repeat(np.arange(len(idx)), lengths[idx])
+                pos = np.arange(cu[-1]) - cu[row]
+                tokens = np.stack([flat, np.zeros_like(flat), row, pos])
+                dev = {k: _to_device(torch, v, self.device) for k, v in {"tokens": tokens, "cu": cu}.items()}
+                x = _bert_packed(
+                    torch, self._bert, self._qkv, self._varlen, dev["tokens"], dev["cu"], int(lengths[idx[0]])
+                )
+                sums = torch.zeros(len(idx), x.shape[1], dtype=torch.float32, device=x.device)
+                sums.index_add_(0, dev["tokens"][2], x.float())
+                mean = sums / torch.from_numpy(lengths[idx]).to(x.device)[:, None]
+                out[idx] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
+                if bar:
+                    bar.update(len(idx))
+        if bar:
+            bar.close()
+        return out
 
     def encode_corpus(self, dataset, prefix: str = "") -> tuple[list[str], np.ndarray]:
         """Embeddings of every document (``prefix`` + title + text), cached on disk per (model identity,

@@ -59,13 +59,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _engine_child(model, pairs, device, batch_tokens, compile, queue):
+def _engine_child(model, pairs, device, batch_tokens, compile, packed, queue):
     """Score the pairs in a fresh process and report its peak memory (RSS, or CUDA allocations)."""
     import torch
 
     from .engine import CrossEncoderEngine
 
-    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens, compile=compile)
+    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens, compile=compile, packed=packed)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     eng.score_pairs(pairs)
@@ -83,6 +83,7 @@ def cross_encoder_section(
     baseline: bool,
     profile: bool,
     compile: bool = False,
+    packed: bool | None = None,
 ) -> dict:
     import torch
 
@@ -90,23 +91,31 @@ def cross_encoder_section(
 
     res: dict = {"pairs": len(pairs), "model": model, "device": device}
     warm = pairs[-64:]
-    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens, compile=compile)
+    eng = CrossEncoderEngine(model, device=device, batch_tokens=batch_tokens, compile=compile, packed=packed)
+    cuda = device.startswith("cuda")
     res["compile"] = compile
     res["dtype"] = str(eng.dtype).removeprefix("torch.")
     res["batch_tokens"] = eng.batch_tokens
+    res["path"] = (
+        ("packed, flash attention over variable lengths" if eng._varlen else "packed, padded attention")
+        if eng.packed
+        else "padded batches through the model's own forward"
+    )
     # on a GPU every new batch shape picks its kernels once: warm up on all pairs, then time with cold id caches
-    eng.score_pairs(pairs if device.startswith("cuda") else warm)
-    eng._ids.clear()
+    eng.score_pairs(pairs if cuda else warm)
 
-    def ours():
+    def ours(cold: bool = True):
+        if cold:
+            eng._store.clear()
         out = eng.score_pairs(pairs)
         _sync(device)
         return out
 
-    t_ours, s_ours = _timed(ours)
-    eng._ids.clear()
+    t_ours, s_ours = _timed(ours, repeat=3 if cuda else 1)  # best of 3 on a GPU, where one run is ~0.1 s
+    eng._store.clear()
     t_tok, _ = _timed(lambda: eng._token_ids([t for p in pairs for t in p]))
-    t_pretok, _ = _timed(ours, repeat=2)  # ids cached: model compute plus pair building
+    t_pretok, _ = _timed(lambda: ours(cold=False), repeat=3 if cuda else 2)  # model compute plus packing
+    res.update(_arithmetic(eng, pairs, t_ours))
     res.update(
         ours_s=t_ours,
         ours_pairs_s=len(pairs) / t_ours,
@@ -136,7 +145,9 @@ def cross_encoder_section(
         del ce
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_engine_child, args=(model, pairs, device, batch_tokens, compile, queue))
+    proc = ctx.Process(
+        target=_engine_child, args=(model, pairs, device, batch_tokens, compile, packed, queue)
+    )
     proc.start()
     res.update(queue.get(timeout=1800))
     proc.join()
@@ -145,7 +156,7 @@ def cross_encoder_section(
         from torch.profiler import profile as torch_profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-        eng._ids.clear()
+        eng._store.clear()
         sub = pairs[: min(len(pairs), 1000)]
         t = time.perf_counter()
         eng._token_ids([x for p in sub for x in p])
@@ -169,6 +180,37 @@ def cross_encoder_section(
         ]
         res["profile_tokenize_s_1000"] = tok
     return res
+
+
+def _arithmetic(eng, pairs, seconds: float) -> dict:
+    """The model's arithmetic on these pairs (matrix multiplications and attention, from the real token counts),
+    the rate the engine ran it at, and this device's own bf16 and fp32 matrix-multiplication rate on the shape of
+    the model's feed-forward layer: the ceiling any engine meets."""
+    import torch
+
+    cfg = eng.model.config
+    h, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    lengths = np.diff(eng.pack(pairs)[2]).astype(np.float64)
+    flop = layers * (lengths.sum() * 2 * (4 * h * h + 2 * h * inner) + (4 * lengths**2 * h).sum())
+    rows = 8192 if eng.device.startswith("cuda") else 1024
+    peak = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(rows, h, dtype=dtype, device=eng.device)
+        b = torch.randn(h, inner, dtype=dtype, device=eng.device)
+        (a @ b).sum().item()
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < 1.0:
+            for _ in range(10):
+                a @ b
+            _sync(eng.device)
+            n += 10
+        peak[name] = 2 * rows * h * inner * n / (time.perf_counter() - t) / 1e9
+    return {
+        "gflop_per_pair": flop / len(pairs) / 1e9,
+        "ours_gflop_s": flop / seconds / 1e9,
+        "matmul_peak_gflop_s": peak,
+        "matmul_shape": [rows, h, inner],
+    }
 
 
 def _top10_agreement(pairs, a: np.ndarray, b: np.ndarray) -> float:
@@ -225,6 +267,11 @@ def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict
     return {
         "docs": len(texts),
         "dtype": str(ours.dtype).removeprefix("torch."),
+        "path": (
+            "packed, " + ("flash attention over variable lengths" if ours._varlen else "padded attention")
+        )
+        if ours._bert is not None
+        else "length-sorted batches through `encode`",
         "baseline_docs_s": len(texts) / t_base,
         "ours_docs_s": len(texts) / t_ours,
         "ratio": t_base / t_ours,
@@ -248,7 +295,7 @@ def render(res: dict) -> str:
         ratio = f"{ce['ratio']:.2f}x" if "ratio" in ce else ""
         notes = (
             f"{ce['pairs']:,} DL19 BM25 top-100 pairs; `CrossEncoder.predict(batch_size=32)` fp32 vs "
-            f"`CrossEncoderEngine` {ce['dtype']}, {ce['batch_tokens']} tokens/batch"
+            f"`CrossEncoderEngine` {ce['dtype']}, {ce['batch_tokens']} tokens/batch, {ce['path']}"
             f"{', torch.compile' if ce.get('compile') else ''}"
         )
         if "max_abs_sigmoid_diff" in ce:
@@ -262,6 +309,18 @@ def render(res: dict) -> str:
         lines.append(
             f"| cross-encoder, ids cached (model + batching) | | {ce['pretokenized_pairs_s']:,.0f} pairs/s | | "
             f"tokenizing the unique texts took {ce['tokenize_s']:.3f} s of the end-to-end run |"
+        )
+        pk = ce["matmul_peak_gflop_s"]
+        base_rate = (
+            f"; the baseline's {ce['gflop_per_pair'] * ce['baseline_pairs_s']:,.0f}"
+            if "baseline_pairs_s" in ce
+            else ""
+        )
+        lines.append(
+            f"| cross-encoder, arithmetic rate | | {ce['ours_gflop_s']:,.0f} GFLOP/s | | "
+            f"{ce['gflop_per_pair']:.2f} GFLOP a pair (matrix multiplications and attention){base_rate}; "
+            f"this device's own {'x'.join(map(str, ce['matmul_shape']))} matrix multiplication: "
+            f"{pk['bf16']:,.0f} GFLOP/s bf16, {pk['fp32']:,.0f} fp32 |"
         )
         mem = f"peak RSS {ce['peak_rss_mib']:,.0f} MiB" + (
             f", peak CUDA allocations {ce['peak_gpu_mib']:,.0f} MiB" if ce.get("peak_gpu_mib") else ""
@@ -283,7 +342,7 @@ def render(res: dict) -> str:
         lines.append(
             f"| bi-encoder encoding | {e['baseline_docs_s']:,.0f} docs/s | {e['ours_docs_s']:,.0f} docs/s | "
             f"{e['ratio']:.2f}x | {e['docs']} SciFact abstracts; `encode(batch_size=32)` fp32 vs `BiEncoder` "
-            f"{e['dtype']}; min cosine to the fp32 vectors {e['min_cosine_to_fp32']:.4f} |"
+            f"{e['dtype']}, {e['path']}; min cosine to the fp32 vectors {e['min_cosine_to_fp32']:.4f} |"
         )
     if ce and ce.get("profile"):
         lines += [
@@ -322,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", type=int, default=1000, help="abstracts encoded in the bi-encoder section")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the cross-encoder")
+    ap.add_argument("--no-packed", action="store_true", help="padded batches even for BERT-family models")
     ap.add_argument("--bi-model", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--out", default=str(PROJECT_ROOT / "results" / "perf.md"))
     args = ap.parse_args(argv)
@@ -349,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
             not args.no_baseline,
             profile=True,
             compile=args.compile,
+            packed=False if args.no_packed else None,
         )
     if "bm25" in sections:
         print("bm25 ...", flush=True)

@@ -3,10 +3,16 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import CE_MODEL
+from conftest import CE_MODEL, DATA
 
-from rerank_eval.engine import CrossEncoderEngine, model_fingerprint, resolve_model, truncate_pair
-from rerank_eval.errors import BackendUnavailableError
+from rerank_eval.engine import (
+    CrossEncoderEngine,
+    _mean_pooled_bert,
+    model_fingerprint,
+    resolve_model,
+    truncate_pairs,
+)
+from rerank_eval.errors import BackendUnavailableError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +36,106 @@ def test_truncation_matches_the_tokenizer(engine32):
         enc = tok(q, d, truncation=True, max_length=max_len)
         ids = enc["input_ids"]
         expect = (ids.count(tok.convert_tokens_to_ids("alpha")), ids.count(tok.convert_tokens_to_ids("beta")))
-        assert truncate_pair(n1, n2, max_len - 3) == expect, (n1, n2, max_len)
+        got = truncate_pairs(np.array([n1]), np.array([n2]), max_len - 3)
+        assert (int(got[0][0]), int(got[1][0])) == expect, (n1, n2, max_len)
 
 
 def test_pairs_built_from_ids_equal_tokenizer_pairs(engine32, pairs):
-    engine32._token_ids([t for p in pairs for t in p])
-    for q, d in pairs:
+    ids, types, cu = engine32.pack(pairs)
+    assert len(cu) == len(pairs) + 1
+    for i, (q, d) in enumerate(pairs):
         enc = engine32.tokenizer(q, d, truncation=True, max_length=engine32.max_length)
-        assert engine32.build(q, d) == (enc["input_ids"], enc["token_type_ids"])
+        assert ids[cu[i] : cu[i + 1]].tolist() == enc["input_ids"]
+        assert types[cu[i] : cu[i + 1]].tolist() == enc["token_type_ids"]
 
 
-def test_fp32_scores_equal_crossencoder_predict(engine32, pairs):
+def test_pairs_of_odd_text_equal_tokenizer_pairs(engine32):
+    """Plain ASCII skips BERT's Unicode clean-up (a faster copy of the tokenizer); control characters, accents,
+    CJK and odd spaces go through the full one. Either way the ids equal the tokenizer's."""
+    assert engine32._fast_ascii is not None
+    rng = np.random.default_rng(0)
+    plain = list("abcXYZ019 .,;!?'-()[]{}#") + ["\t", "\n", "\r"]
+    control = plain + ["\x0b", "\x0c", "\x07", "\x00", "\x7f"]
+    anything = control + ["é", "Ä", "中", "\u00a0", "\u2003", "\ufffd", "\u0301", "ß", "İ"]
+    texts = [
+        "".join(rng.choice(alphabet, size=rng.integers(0, 40)))
+        for alphabet in (plain, control, anything)
+        for _ in range(200)
+    ]
+    texts += ["Plain ASCII, Upper Case\tand\nnewlines", "naïve café", "CamelCase-URL http://x.org/A?b=C", ""]
+    pairs = list(zip(texts[::2], texts[1::2], strict=True))
+    ids, types, cu = engine32.pack(pairs)
+    enc = engine32.tokenizer(*zip(*pairs, strict=True), truncation=True, max_length=engine32.max_length)
+    for i, pair in enumerate(
+        pairs
+    ):  # the batched call, as CrossEncoder.predict makes it (an empty text stays)
+        assert ids[cu[i] : cu[i + 1]].tolist() == enc["input_ids"][i], pair
+        assert types[cu[i] : cu[i + 1]].tolist() == enc["token_type_ids"][i]
+
+
+def test_token_store_grows_past_its_first_capacity(engine32):
+    words = engine32.tokenizer.convert_ids_to_tokens(list(range(2000, 2400)))
+    docs = [" ".join(words[(7 * i) % 300 : (7 * i) % 300 + 40 + i % 50]) + f" doc{i}" for i in range(1500)]
+    pairs = [(f"query {i % 9}", d) for i, d in enumerate(docs)]  # about 100,000 tokens, 1,509 texts
+    ids, types, cu = engine32.pack(pairs[:700])
+    ids, types, cu = engine32.pack(pairs)  # the first 700 pairs' texts come from the store
+    assert engine32._store._n_tokens > 1 << 16 and len(engine32._store.slot) > 1 << 10
+    for i in range(0, len(pairs), 97):
+        enc = engine32.tokenizer(*pairs[i], truncation=True, max_length=engine32.max_length)
+        assert ids[cu[i] : cu[i + 1]].tolist() == enc["input_ids"]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_fp32_scores_equal_crossencoder_predict(engine32, pairs, packed):
     from sentence_transformers import CrossEncoder
 
     ce = CrossEncoder(str(CE_MODEL), max_length=64)
     ref = ce.predict(pairs, batch_size=8, activation_fn=torch.nn.Identity())
-    ours = engine32.score_pairs(pairs)
+    eng = engine32 if packed else CrossEncoderEngine(str(CE_MODEL), max_length=64, dtype="fp32", packed=False)
+    assert eng.packed is packed
+    ours = eng.score_pairs(pairs)
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     assert ours[0] == ours[-1]  # the duplicate pair, scored once
+
+
+def test_the_variable_length_attention_branch_is_wired_like_the_kernel_expects(pairs):
+    """On a GPU, packed batches call torch's varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k); here a per-pair
+    reference with that signature stands in for the CUDA kernel, so the packing around it is checked on CPU."""
+    from sentence_transformers import CrossEncoder
+
+    def varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k):
+        assert cu_q.dtype == torch.int32 and max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        spans = zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True)
+        return torch.cat(
+            [sdpa(*(x[a:b].transpose(0, 1) for x in (q, k, v))).transpose(0, 1) for a, b in spans]
+        )
+
+    eng = CrossEncoderEngine(str(CE_MODEL), max_length=64, dtype="fp32", batch_tokens=512)
+    eng._varlen = varlen_reference
+    ref = CrossEncoder(str(CE_MODEL), max_length=64).predict(pairs, activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(eng.score_pairs(pairs), ref, atol=1e-4)  # unpadded sums round differently
+
+
+def test_other_architectures_run_through_their_own_forward(tmp_path, pairs):
+    """A model that is not BERT (a random ELECTRA classifier here) runs padded batches and equals predict."""
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, ElectraConfig, ElectraForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = ElectraConfig(
+        embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        num_labels=1, vocab_size=30522,
+    )  # fmt: skip
+    ElectraForSequenceClassification(cfg).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(CE_MODEL).save_pretrained(tmp_path)
+    eng = CrossEncoderEngine(str(tmp_path), max_length=64, dtype="fp32", batch_tokens=256)
+    assert not eng.packed
+    ref = CrossEncoder(str(tmp_path), max_length=64).predict(pairs, activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(eng.score_pairs(pairs), ref, atol=1e-5)
+    with pytest.raises(ConfigError, match="is not a BERT-family classifier; packed=true needs one"):
+        CrossEncoderEngine(str(tmp_path), packed=True)
 
 
 def test_bf16_scores_equal_crossencoder_predict_within_1e2(pairs):
@@ -61,7 +148,9 @@ def test_bf16_scores_equal_crossencoder_predict_within_1e2(pairs):
 
 
 def test_scores_do_not_depend_on_batching(engine32, pairs):
-    small = CrossEncoderEngine(str(CE_MODEL), max_length=64, dtype="fp32", batch_tokens=64, chunk_pairs=7)
+    small = CrossEncoderEngine(
+        str(CE_MODEL), max_length=64, dtype="fp32", batch_tokens=64, chunk_pairs=7, prep_workers=3
+    )  # 7 chunks prepared three at a time, sharing one token store
     np.testing.assert_allclose(small.score_pairs(pairs), engine32.score_pairs(pairs), atol=1e-5)
     assert engine32.score_pairs([]).shape == (0,)
 
@@ -89,3 +178,47 @@ def test_reranker_identity_changes_with_every_score_setting():
     ):
         assert other.identity != base.identity
     assert base.identity.split("|")[1] == model_fingerprint(str(CE_MODEL))
+
+
+@pytest.fixture(scope="module")
+def abstracts():
+    from rerank_eval.datasets import BeirDirDataset
+
+    corpus = BeirDirDataset(DATA / "scifact").corpus()
+    texts = [d.full_text for d, _ in zip(corpus, range(40), strict=False)]  # many past the 256-token limit
+    return texts + ["", "   ", "naïve café 中文", "Tabs\tand\nnewlines", "short"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_packed_bi_encoder_equals_sentence_transformers_encode(abstracts, dtype):
+    from sentence_transformers import SentenceTransformer
+
+    from rerank_eval.engine import BiEncoder
+
+    ours = BiEncoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu", dtype=dtype, batch_tokens=600)
+    assert ours._bert is not None  # mean-pooled BERT: runs packed
+    ref = SentenceTransformer(ours.path, device="cpu").encode(
+        abstracts, batch_size=8, normalize_embeddings=True
+    )
+    got = ours.encode(abstracts)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    if dtype == "fp32":
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    else:
+        assert (got * ref).sum(1).min() > 0.999
+
+
+def test_bi_encoders_that_do_not_pool_by_mean_run_through_encode(abstracts):
+    from sentence_transformers import SentenceTransformer, models
+
+    from rerank_eval.engine import BiEncoder, resolve_model
+
+    path = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    cls_pooled = SentenceTransformer(
+        modules=[models.Transformer(path), models.Pooling(384, pooling_mode="cls")]
+    )
+    enc = BiEncoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu", dtype="fp32")
+    enc.model, enc._bert = cls_pooled, _mean_pooled_bert(cls_pooled)
+    assert enc._bert is None
+    ref = cls_pooled.encode(abstracts, normalize_embeddings=True)
+    np.testing.assert_allclose(enc.encode(abstracts), ref, atol=1e-5)

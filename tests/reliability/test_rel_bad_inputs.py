@@ -496,6 +496,7 @@ def test_bad_input(case, tmp_path, monkeypatch):
     }
     if env["MLFLOW_TRACKING_URI"] == "READONLY":
         env["MLFLOW_TRACKING_URI"] = _readonly_store(tmp_path)
+        monkeypatch.chdir(tmp_path)  # MLflow makes an empty "file:" folder in the cwd for this URI form
     if case.kind.startswith("disk full"):
         _full_disk(monkeypatch)
     argv = case.argv(tmp_path)
