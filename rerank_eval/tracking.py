@@ -103,6 +103,10 @@ def _create_sqlite_store(uri: str) -> None:
     import mlflow
 
     db.parent.mkdir(parents=True, exist_ok=True)
+    for stale in db.parent.glob(f".{db.name}.*.init"):  # left by a process killed while it built one
+        pid = stale.name.removeprefix(f".{db.name}.").removesuffix(".init")
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.init")
     tmp.unlink(missing_ok=True)
     mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # builds the schema
@@ -112,6 +116,16 @@ def _create_sqlite_store(uri: str) -> None:
         pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 _TRACKERS: dict[tuple[str, str], Tracker] = {}

@@ -113,3 +113,20 @@ def test_two_job_multirun(tmp_path):
     assert len(parents) == 1 and len(found) == 3
     assert sorted(r.data.params["candidates"] for r in children) == ["3", "5"]
     assert all((tmp_path / "multi" / str(i) / "metrics.json").is_file() for i in (0, 1))
+
+
+def test_a_new_store_clears_what_killed_creations_left(tmp_path):
+    """A process killed while it built a new SQLite store leaves its temporary file; the next creation removes
+    the ones whose process is gone and keeps those of a process still at work."""
+    from rerank_eval.tracking import _create_sqlite_store
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    left = tmp_path / f".mlruns.db.{int(dead.stdout)}.init"
+    busy = tmp_path / f".mlruns.db.{os.getppid()}.init"  # a live process (this one's parent)
+    left.write_bytes(b"half a schema")
+    busy.write_bytes(b"")
+    _create_sqlite_store(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert (tmp_path / "mlruns.db").is_file()
+    assert not left.exists() and busy.exists()
