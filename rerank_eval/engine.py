@@ -620,12 +620,12 @@ def _find(seq: list[int], sub: list[int], start: int) -> int:
     return -1
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def _progress(total: int, enabled: bool, desc: str, unit: str = "pair"):
     if not enabled or os.environ.get("RERANK_EVAL_NO_PROGRESS"):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pair", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 def cache_root() -> Path:
@@ -732,7 +732,7 @@ class BiEncoder:
         lengths = np.fromiter((len(i) + 2 for i in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(texts), self._bert.config.hidden_size), dtype=np.float32)
-        bar = _progress(len(texts), progress, f"encoding {self.name}")
+        bar = _progress(len(texts), progress, f"encoding {self.name}", unit="text")
         with torch.inference_mode():
             for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
                 idx = order[a:b]
