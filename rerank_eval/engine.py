@@ -195,11 +195,7 @@ class CrossEncoderEngine:
                 f"{model} is not a BERT-family classifier; packed=true needs one (use packed=null)"
             )
         self.packed = can_pack if packed is None else bool(packed)
-        self._varlen = None
-        if self.packed:
-            self._qkv = _fused_qkv(torch, self.model.bert)
-            if cuda and self.dtype != torch.float32:
-                self._varlen = _varlen_attention(torch, self.device, self.dtype, self.model.config)
+        self._body = _PackedBert(torch, self.model.bert, self.device, self.dtype) if self.packed else None
         self._forward = self._forward_packed if self.packed else self._forward_padded
         if compile:
             self._forward = torch.compile(self._forward, dynamic=True)
@@ -241,22 +237,20 @@ class CrossEncoderEngine:
         self._token_ids([t for p in pairs for t in p])
         qs, ql, ds, dl, tokens = self._store.spans(pairs)
         n1, n2, lengths = self._lengths(ql, dl)
-        return self._pack(qs, ds, n1, n2, lengths, tokens)
+        cu, row, pos = _layout(lengths)
+        return (*self._pack(qs, ds, n1, n2, row, pos, tokens), cu)
 
     def _lengths(self, ql: np.ndarray, dl: np.ndarray):
         p, m, s = self._template["sizes"]
         n1, n2 = truncate_pairs(ql, dl, self.max_length - p - m - s)
         return n1, n2, p + m + s + n1 + n2
 
-    def _pack(self, qs, ds, n1, n2, lengths, tokens):
-        """Pairs whose query tokens start at ``tokens[qs]`` and document tokens at ``tokens[ds]``, truncated to
-        ``n1`` and ``n2`` tokens, packed into one row."""
+    def _pack(self, qs, ds, n1, n2, row, j, tokens):
+        """Ids and type ids of pairs whose query tokens start at ``tokens[qs]`` and document tokens at
+        ``tokens[ds]``, truncated to ``n1`` and ``n2`` tokens, packed into one row laid out by ``_layout`` (``row``:
+        each token's pair, ``j``: its position within the pair)."""
         t = self._template
         p, m, _ = t["sizes"]
-        cu = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=cu[1:])
-        row = np.repeat(np.arange(len(lengths)), lengths)
-        j = np.arange(cu[-1]) - cu[row]  # position within the pair
         b2 = p + n1[row]  # end of the query
         b3 = b2 + m  # start of the document
         b4 = b3 + n2[row]  # end of the document
@@ -267,7 +261,7 @@ class CrossEncoderEngine:
         in_text = in_q | in_d
         ids = np.where(in_text, tokens[np.where(in_text, text_pos, 0)], t["tokens"][special * ~in_text])
         types = np.where(in_q, t["t1"], np.where(in_d, t["t2"], t["types"][special * ~in_text]))
-        return ids, types, cu
+        return ids, types
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def score_pairs(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> np.ndarray:
@@ -300,7 +294,7 @@ class CrossEncoderEngine:
                 if k + self.prep_workers < len(chunks):
                     ahead.append(pool.submit(self._prepare, *chunks[k + self.prep_workers]))
                 for idx, feed in batches:
-                    logits = self._forward(**{k: _to_device(torch, v, self.device) for k, v in feed.items()})
+                    logits = self._forward(**{n: _to_device(torch, v, self.device) for n, v in feed.items()})
                     results.append((idx, logits))
                     if bar:
                         bar.update(len(idx))
@@ -322,13 +316,13 @@ class CrossEncoderEngine:
         out = []
         for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
             idx = order[a:b]
-            ids, types, cu = self._pack(qs[idx], ds[idx], n1[idx], n2[idx], lengths[idx], tokens)
+            cu, row, pos = _layout(lengths[idx])  # worked out here: on a GPU it would wait for the device
+            ids, types = self._pack(qs[idx], ds[idx], n1[idx], n2[idx], row, pos, tokens)
+            width = int(lengths[idx[0]])
             if self.packed:
-                row = np.repeat(np.arange(len(idx)), lengths[idx])
-                pos = np.arange(cu[-1]) - cu[row]  # worked out here: on a GPU it would wait for the device
-                feed = {"tokens": np.stack([ids, types, row, pos]), "cu": cu, "width": int(lengths[idx[0]])}
+                feed = {"tokens": np.stack([ids, types, row, pos]), "cu": cu, "width": width}
             else:
-                feed = _pad(ids, types, cu, self.pad_id, self._template["has_types"])
+                feed = _pad(ids, types, row, pos, width, self.pad_id, self._template["has_types"])
             out.append((idx + offset, feed))
         return out
 
@@ -345,9 +339,8 @@ class CrossEncoderEngine:
     def _forward_packed(self, tokens, cu, width: int):
         """A BERT classifier over one packed row (``tokens``: ids, type ids, pair and position of each token):
         the model's own modules and weights, attention within each pair."""
-        bert = self.model.bert
-        x = _bert_packed(self._torch, bert, self._qkv, self._varlen, tokens, cu, width)
-        return self.model.classifier(bert.pooler(x[cu[:-1]][:, None]))[:, 0]
+        x = self._body(tokens, cu, width)
+        return self.model.classifier(self.model.bert.pooler(x[cu[:-1]][:, None]))[:, 0]
 
 
 class _TokenStore:
@@ -420,21 +413,27 @@ def truncate_pairs(n1: np.ndarray, n2: np.ndarray, budget: int) -> tuple[np.ndar
     return t1, t2
 
 
-def _pad(ids, types, cu, pad_id: int, has_types: bool) -> dict:
-    """A packed row as the padded batch a Hugging Face forward takes."""
-    lengths = np.diff(cu)
+def _layout(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where sequences of these lengths sit in one packed row: ``cu`` (sequence i is ``cu[i]:cu[i+1]``), and for
+    each token its sequence and its position within it."""
+    cu = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
     row = np.repeat(np.arange(len(lengths)), lengths)
-    col = np.arange(cu[-1]) - cu[row]
-    shape = (len(lengths), int(lengths.max()))
+    return cu, row, np.arange(cu[-1]) - cu[row]
+
+
+def _pad(ids, types, row, pos, width: int, pad_id: int, has_types: bool) -> dict:
+    """A packed row (laid out by ``_layout``) as the padded batch a Hugging Face forward takes."""
+    shape = (int(row[-1]) + 1, width)
     feed = {
         "input_ids": np.full(shape, pad_id, dtype=np.int64),
         "attention_mask": np.zeros(shape, dtype=np.int64),
     }
-    feed["input_ids"][row, col] = ids
-    feed["attention_mask"][row, col] = 1
+    feed["input_ids"][row, pos] = ids
+    feed["attention_mask"][row, pos] = 1
     if has_types:
         feed["token_type_ids"] = np.zeros(shape, dtype=np.int64)
-        feed["token_type_ids"][row, col] = types
+        feed["token_type_ids"][row, pos] = types
     return feed
 
 
@@ -451,31 +450,37 @@ def _is_plain_bert(model) -> bool:
     )
 
 
-def _fused_qkv(torch, bert) -> list:
-    """Each layer's query, key and value projections as one matrix (one matrix multiplication instead of three)."""
-    return [
-        (
-            torch.cat([a.query.weight, a.key.weight, a.value.weight]),
-            torch.cat([a.query.bias, a.key.bias, a.value.bias]),
-        )
-        for a in (layer.attention.self for layer in bert.encoder.layer)
-    ]
+class _PackedBert:
+    """A BERT body run over packed rows through the model's own modules and weights: each layer's query, key and
+    value projections fused into one matrix multiplication, attention within each sequence (torch's flash kernel
+    over variable lengths where ``_varlen_attention`` finds it works, else padded attention)."""
 
+    def __init__(self, torch, bert, device: str, dtype):
+        self.torch, self.bert = torch, bert
+        self.qkv = [
+            (
+                torch.cat([a.query.weight, a.key.weight, a.value.weight]),
+                torch.cat([a.query.bias, a.key.bias, a.value.bias]),
+            )
+            for a in (layer.attention.self for layer in bert.encoder.layer)
+        ]
+        half = device.startswith("cuda") and dtype != torch.float32
+        self.varlen = _varlen_attention(torch, device, dtype, bert.config) if half else None
 
-def _bert_packed(torch, bert, qkv, varlen, tokens, cu, width: int):
-    """A BERT body over one packed row (``tokens``: ids, type ids, pair and position of each token; ``cu``: where
-    each sequence starts; ``width``: the longest): the model's own modules and weights, attention within each
-    sequence. Returns the last hidden states, one row per token."""
-    ids, types, row, pos = tokens
-    x = bert.embeddings(input_ids=ids[None], token_type_ids=types[None], position_ids=pos[None])[0]
-    attend = _attention(torch, varlen, cu, row, pos, width)
-    n, heads = len(ids), bert.config.num_attention_heads
-    for layer, (w, b) in zip(bert.encoder.layer, qkv, strict=True):
-        q, k, v = torch.nn.functional.linear(x, w, b).view(n, 3, heads, -1).unbind(1)
-        out = layer.attention.output
-        x = out.LayerNorm(out.dense(attend(q, k, v).reshape(n, -1)) + x)
-        x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-    return x
+    def __call__(self, tokens, cu, width: int):
+        """Last hidden states, one row per token, of a packed row (``tokens``: ids, type ids, sequence and
+        position of each token; ``cu``: where each sequence starts; ``width``: the longest)."""
+        torch, bert = self.torch, self.bert
+        ids, types, row, pos = tokens
+        x = bert.embeddings(input_ids=ids[None], token_type_ids=types[None], position_ids=pos[None])[0]
+        attend = _attention(torch, self.varlen, cu, row, pos, width)
+        n, heads = len(ids), bert.config.num_attention_heads
+        for layer, (w, b) in zip(bert.encoder.layer, self.qkv, strict=True):
+            q, k, v = torch.nn.functional.linear(x, w, b).view(n, 3, heads, -1).unbind(1)
+            out = layer.attention.output
+            x = out.LayerNorm(out.dense(attend(q, k, v).reshape(n, -1)) + x)
+            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+        return x
 
 
 def _tokenize(texts: Sequence[str], tokenizer, fast, fast_ascii) -> list[list[int]]:
@@ -699,21 +704,18 @@ class BiEncoder:
         cuda = self.device.startswith("cuda")
         self.batch_tokens = int(batch_tokens or (65536 if cuda else 1024))
         self.min_fill = 0.0 if cuda else 0.7
-        self._bert = _mean_pooled_bert(self.model)
-        if self._bert is not None:
+        bert = _mean_pooled_bert(self.model)
+        self._body = _PackedBert(torch, bert, self.device, self.dtype) if bert is not None else None
+        if self._body is not None:
             tok = self.model.tokenizer
             self._fast = _plain_fast_tokenizer(tok)
             self._fast_ascii = _ascii_tokenizer(self._fast)
             self._cls, self._sep = tok("alpha")["input_ids"][0], tok("alpha")["input_ids"][-1]
-            self._qkv = _fused_qkv(torch, self._bert)
-            self._varlen = None
-            if cuda and self.dtype != torch.float32:
-                self._varlen = _varlen_attention(torch, self.device, self.dtype, self._bert.config)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Unit-length fp32 embeddings of the texts, in input order."""
         show = progress and not os.environ.get("RERANK_EVAL_NO_PROGRESS")
-        if self._bert is None:
+        if self._body is None:
             emb = self.model.encode(
                 list(texts),
                 batch_size=self.batch_size,
@@ -731,7 +733,7 @@ class BiEncoder:
         ids = [i[:keep] for i in _tokenize(texts, self.model.tokenizer, self._fast, self._fast_ascii)]
         lengths = np.fromiter((len(i) + 2 for i in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")
-        out = np.zeros((len(texts), self._bert.config.hidden_size), dtype=np.float32)
+        out = np.zeros((len(texts), self._body.bert.config.hidden_size), dtype=np.float32)
         bar = _progress(len(texts), progress, f"encoding {self.name}", unit="text")
         with torch.inference_mode():
             for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
@@ -741,16 +743,11 @@ class BiEncoder:
                     dtype=np.int64,
                     count=int(lengths[idx].sum()),
                 )
-                cu = np.concatenate([[0], np.cumsum(lengths[idx])])
-                row = np.repeat(np.arange(len(idx)), lengths[idx])
-                pos = np.arange(cu[-1]) - cu[row]
-                tokens = np.stack([flat, np.zeros_like(flat), row, pos])
-                dev = {k: _to_device(torch, v, self.device) for k, v in {"tokens": tokens, "cu": cu}.items()}
-                x = _bert_packed(
-                    torch, self._bert, self._qkv, self._varlen, dev["tokens"], dev["cu"], int(lengths[idx[0]])
-                )
+                cu, row, pos = _layout(lengths[idx])
+                tokens = _to_device(torch, np.stack([flat, np.zeros_like(flat), row, pos]), self.device)
+                x = self._body(tokens, _to_device(torch, cu, self.device), int(lengths[idx[0]]))
                 sums = torch.zeros(len(idx), x.shape[1], dtype=torch.float32, device=x.device)
-                sums.index_add_(0, dev["tokens"][2], x.float())
+                sums.index_add_(0, tokens[2], x.float())
                 mean = sums / torch.from_numpy(lengths[idx]).to(x.device)[:, None]
                 out[idx] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
                 if bar:

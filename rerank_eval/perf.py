@@ -97,7 +97,7 @@ def cross_encoder_section(
     res["dtype"] = str(eng.dtype).removeprefix("torch.")
     res["batch_tokens"] = eng.batch_tokens
     res["path"] = (
-        ("packed, flash attention over variable lengths" if eng._varlen else "packed, padded attention")
+        ("packed, flash attention over variable lengths" if eng._body.varlen else "packed, padded attention")
         if eng.packed
         else "padded batches through the model's own forward"
     )
@@ -268,9 +268,10 @@ def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict
         "docs": len(texts),
         "dtype": str(ours.dtype).removeprefix("torch."),
         "path": (
-            "packed, " + ("flash attention over variable lengths" if ours._varlen else "padded attention")
+            "packed, "
+            + ("flash attention over variable lengths" if ours._body.varlen else "padded attention")
         )
-        if ours._bert is not None
+        if ours._body is not None
         else "length-sorted batches through `encode`",
         "baseline_docs_s": len(texts) / t_base,
         "ours_docs_s": len(texts) / t_ours,

@@ -113,7 +113,7 @@ def test_the_variable_length_attention_branch_is_wired_like_the_kernel_expects(p
         )
 
     eng = CrossEncoderEngine(str(CE_MODEL), max_length=64, dtype="fp32", batch_tokens=512)
-    eng._varlen = varlen_reference
+    eng._body.varlen = varlen_reference
     ref = CrossEncoder(str(CE_MODEL), max_length=64).predict(pairs, activation_fn=torch.nn.Identity())
     np.testing.assert_allclose(eng.score_pairs(pairs), ref, atol=1e-4)  # unpadded sums round differently
 
@@ -196,7 +196,7 @@ def test_packed_bi_encoder_equals_sentence_transformers_encode(abstracts, dtype)
     from rerank_eval.engine import BiEncoder
 
     ours = BiEncoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu", dtype=dtype, batch_tokens=600)
-    assert ours._bert is not None  # mean-pooled BERT: runs packed
+    assert ours._body is not None  # mean-pooled BERT: runs packed
     ref = SentenceTransformer(ours.path, device="cpu").encode(
         abstracts, batch_size=8, normalize_embeddings=True
     )
@@ -218,7 +218,7 @@ def test_bi_encoders_that_do_not_pool_by_mean_run_through_encode(abstracts):
         modules=[models.Transformer(path), models.Pooling(384, pooling_mode="cls")]
     )
     enc = BiEncoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu", dtype="fp32")
-    enc.model, enc._bert = cls_pooled, _mean_pooled_bert(cls_pooled)
-    assert enc._bert is None
+    assert _mean_pooled_bert(cls_pooled) is None
+    enc.model, enc._body = cls_pooled, None
     ref = cls_pooled.encode(abstracts, normalize_embeddings=True)
     np.testing.assert_allclose(enc.encode(abstracts), ref, atol=1e-5)
