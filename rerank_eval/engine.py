@@ -178,6 +178,8 @@ class CrossEncoderEngine:
         except (OSError, ValueError) as e:
             raise load_error(model, e) from e
         self.model.eval().to(self.device)
+        if self.model.config.num_labels != 1:
+            raise ConfigError(f"{model} has {self.model.config.num_labels} labels; a reranker needs one")
         limit = min(int(self.tokenizer.model_max_length), int(self.model.config.max_position_embeddings))
         self.max_length = min(int(max_length), limit) if max_length else limit
         self.activation = activation
@@ -331,10 +333,7 @@ class CrossEncoderEngine:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             feed["token_type_ids"] = token_type_ids
-        logits = self.model(**feed).logits
-        if logits.shape[-1] != 1:
-            raise ConfigError(f"{self.name} has {logits.shape[-1]} labels; a reranker needs one")
-        return logits[:, 0]
+        return self.model(**feed).logits[:, 0]
 
     def _forward_packed(self, tokens, cu, width: int):
         """A BERT classifier over one packed row (``tokens``: ids, type ids, pair and position of each token):

