@@ -96,11 +96,7 @@ def cross_encoder_section(
     res["compile"] = compile
     res["dtype"] = str(eng.dtype).removeprefix("torch.")
     res["batch_tokens"] = eng.batch_tokens
-    res["path"] = (
-        ("packed, flash attention over variable lengths" if eng._body.varlen else "packed, padded attention")
-        if eng.packed
-        else "padded batches through the model's own forward"
-    )
+    res["path"] = _route(eng._body, "padded batches through the model's own forward")
     # on a GPU every new batch shape picks its kernels once: warm up on all pairs, then time with cold id caches
     eng.score_pairs(pairs if cuda else warm)
 
@@ -180,6 +176,13 @@ def cross_encoder_section(
         ]
         res["profile_tokenize_s_1000"] = tok
     return res
+
+
+def _route(body, otherwise: str) -> str:
+    """How an encoder ran: packed (and which attention) when it has a packed body, else ``otherwise``."""
+    if body is None:
+        return otherwise
+    return "packed, " + ("flash attention over variable lengths" if body.varlen else "padded attention")
 
 
 def _arithmetic(eng, pairs, seconds: float) -> dict:
@@ -267,12 +270,7 @@ def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict
     return {
         "docs": len(texts),
         "dtype": str(ours.dtype).removeprefix("torch."),
-        "path": (
-            "packed, "
-            + ("flash attention over variable lengths" if ours._body.varlen else "padded attention")
-        )
-        if ours._body is not None
-        else "length-sorted batches through `encode`",
+        "path": _route(ours._body, "length-sorted batches through `encode`"),
         "baseline_docs_s": len(texts) / t_base,
         "ours_docs_s": len(texts) / t_ours,
         "ratio": t_base / t_ours,
