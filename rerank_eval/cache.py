@@ -1,8 +1,10 @@
 """Persistent score cache: a reranker never scores the same (reranker identity, query, document) twice.
 
 One SQLite file (WAL mode, so parallel jobs can write at once). Keys are hashes of the texts, not of ids, so a
-query-document pair met again in another dataset or at another depth is a hit. Each row also keeps what the
-score cost to compute (ms), so a run served from the cache still reports the latency it would have had.
+query-document pair met again in another dataset or at another depth is a hit. The reranker identity names the
+model's weights, every setting that changes scores and a hash of the scoring code, so a changed model or engine
+never reads old scores. Only scores are kept: latency is measured, never replayed from a cache (the pipeline
+times fresh calls, or a fresh probe sample, instead).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS scores (
-    reranker TEXT NOT NULL, query TEXT NOT NULL, doc TEXT NOT NULL, score REAL NOT NULL, cost_ms REAL NOT NULL,
+CREATE TABLE IF NOT EXISTS pair_scores (
+    reranker TEXT NOT NULL, query TEXT NOT NULL, doc TEXT NOT NULL, score REAL NOT NULL,
     PRIMARY KEY (reranker, query, doc)
 ) WITHOUT ROWID
 """
@@ -57,36 +59,34 @@ class ScoreCache:
                     "file or cache.enabled=false"
                 ) from None
 
-    def get(self, reranker: str, query: str, docs: Sequence[str]) -> dict[str, tuple[float, float]]:
-        """Cached ``(score, cost_ms)`` by document key for the documents that have one."""
+    def get(self, reranker: str, query: str, docs: Sequence[str]) -> dict[str, float]:
+        """Cached scores by document key (``text_key``) for the documents that have one."""
         if self._conn is None or not docs:
             return {}
         q = text_key(query)
         keys = list({text_key(d) for d in docs})
-        out: dict[str, tuple[float, float]] = {}
+        out: dict[str, float] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             rows = self._conn.execute(
-                f"SELECT doc, score, cost_ms FROM scores WHERE reranker=? AND query=? AND doc IN "
+                f"SELECT doc, score FROM pair_scores WHERE reranker=? AND query=? AND doc IN "
                 f"({','.join('?' * len(chunk))})",
                 [reranker, q, *chunk],
             ).fetchall()
-            out.update({d: (s, c) for d, s, c in rows})
+            out.update(dict(rows))
         return out
 
-    def put(
-        self, reranker: str, query: str, docs: Sequence[str], scores: Sequence[float], cost_ms: float
-    ) -> None:
-        """Store the scores of one scoring call; its cost is shared evenly among its documents."""
+    def put(self, reranker: str, query: str, docs: Sequence[str], scores: Sequence[float]) -> None:
+        """Store the scores of one scoring call."""
         if self._conn is None or not docs:
             return
-        q, each = text_key(query), cost_ms / len(docs)
-        rows = [(reranker, q, text_key(d), float(s), each) for d, s in zip(docs, scores, strict=True)]
+        q = text_key(query)
+        rows = [(reranker, q, text_key(d), float(s)) for d, s in zip(docs, scores, strict=True)]
         for attempt in range(5):
             try:
                 with self._conn:
                     self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?)", rows)
+                    self._conn.executemany("INSERT OR REPLACE INTO pair_scores VALUES (?,?,?,?)", rows)
                 return
             except sqlite3.OperationalError:  # locked by a parallel writer past the timeout: wait and retry
                 if attempt == 4:
@@ -97,8 +97,10 @@ class ScoreCache:
         if self._conn is None:
             return 0
         if reranker is None:
-            return self._conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-        return self._conn.execute("SELECT COUNT(*) FROM scores WHERE reranker=?", [reranker]).fetchone()[0]
+            return self._conn.execute("SELECT COUNT(*) FROM pair_scores").fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM pair_scores WHERE reranker=?", [reranker]).fetchone()[
+            0
+        ]
 
     def close(self) -> None:
         if self._conn is not None:

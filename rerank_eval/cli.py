@@ -103,7 +103,14 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
 
     plain = resolved_config(cfg)
     check_depths(plain["candidates"], plain["top_k"])
-    for section, key in ((None, "progress"), (None, "resume"), ("cache", "enabled"), ("mlflow", "enabled")):
+    flags = (
+        (None, "progress"),
+        (None, "resume"),
+        (None, "allow_pool"),
+        ("cache", "enabled"),
+        ("mlflow", "enabled"),
+    )
+    for section, key in flags:
         value = (plain.get(section) or {}).get(key, True) if section else plain.get(key, True)
         if not isinstance(value, bool):
             name = f"{section}.{key}" if section else key
@@ -139,9 +146,21 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
             progress=plain.get("progress", True),
             resume=plain.get("resume", True),
             on_failure=plain.get("on_failure", "fail"),
+            final_measures=plain.get("final_metrics") or (),
+            no_relevant=plain.get("no_relevant", "keep"),
+            allow_pool=plain.get("allow_pool", False),
+            latency_probe=_count(plain, "latency", "probe", 10),
+            context_tokenizer=plain.get("context_tokenizer"),
         )
     finally:
         cache.close()
+
+
+def _count(plain: dict, section: str, key: str, default: int) -> int:
+    value = (plain.get(section) or {}).get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{section}.{key} must be a whole number >= 0, got {value!r}")
+    return value
 
 
 def _setup_logging() -> None:
@@ -215,10 +234,13 @@ def main() -> None:
     def _job(cfg) -> float:
         res = run_from_config(cfg, HydraConfig.get().runtime.output_dir)
         key = "ndcg@10" if "ndcg@10" in res.metrics else next(iter(res.metrics))
+        ms = res.latency.get("reranker_ms_mean")
+        cost = (
+            f"reranker {ms:.1f} ms/query ({res.latency_source})" if ms is not None else "no reranker latency"
+        )
         print(
             f"{res.name}: {key}={res.metrics[key]:.4f} (first stage {res.first_stage[key]:.4f}, "
-            f"p={res.pvalues[key]:.3g}); reranker {res.latency['reranker_ms_mean']:.1f} ms/query; "
-            f"results in {res.output_dir}"
+            f"p={res.pvalues[key]:.3g}); {cost}; results in {res.output_dir}"
         )
         return res.metrics[key]
 

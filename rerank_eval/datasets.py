@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError, DataError
+from .provenance import file_hash
 from .types import Doc, Qrels, Query
 
 log = logging.getLogger("rerank_eval")
@@ -35,7 +36,11 @@ class Dataset(Protocol):
     def docs(self, doc_ids: Sequence[str]) -> dict[str, Doc]: ...
     def corpus(self) -> Iterable[Doc]: ...
     @property
-    def fingerprint(self) -> str: ...
+    def fingerprint(
+        self,
+    ) -> str: ...  # content hash of the corpus, queries and qrels: what the figures depend on
+    @property
+    def corpus_fingerprint(self) -> str: ...  # content hash of the corpus alone: what indexes depend on
 
 
 def _open_text(path: Path):
@@ -75,12 +80,21 @@ class BeirDirDataset:
     """A BEIR-format folder on disk. Queries are those judged in ``qrels/<split>.tsv``."""
 
     def __init__(
-        self, path: str | Path, split: str = "test", name: str | None = None, relevance_level: int = 1
+        self,
+        path: str | Path,
+        split: str = "test",
+        name: str | None = None,
+        relevance_level: int = 1,
+        pool: bool = False,
     ):
         self.path = Path(path)
         self.split = split
         self.name = name or self.path.name
         self.relevance_level = int(relevance_level)
+        self.pool = bool(
+            pool
+        )  # the corpus is only a pool of judged and retrieved documents, not the collection
+        self.source = str(self.path)
         if not self.path.is_dir():
             raise DataError(
                 f"dataset folder {self.path} does not exist; pass dataset.path=<BEIR folder> "
@@ -195,12 +209,13 @@ class BeirDirDataset:
         return self._docs.values()
 
     @cached_property
+    def corpus_fingerprint(self) -> str:
+        return file_hash(self._corpus_file)
+
+    @cached_property
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        with self._corpus_file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()[:16]
+        parts = [self.corpus_fingerprint, file_hash(self.path / "queries.jsonl"), file_hash(self._qrels_file)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _lookup(store, doc_ids: Sequence[str], name: str) -> dict[str, Doc]:
@@ -236,6 +251,8 @@ class IrDatasetsDataset:
         self.irds_id = irds_id
         self.name = name or irds_id
         self.relevance_level = int(relevance_level)
+        self.pool = False  # ir_datasets serves the whole collection
+        self.source = f"irds:{irds_id}"
 
     def __repr__(self) -> str:
         return f"IrDatasetsDataset({self.irds_id!r})"
@@ -275,10 +292,19 @@ class IrDatasetsDataset:
                 yield _irds_doc(d)
 
     @property
-    def fingerprint(self) -> str:
+    def corpus_fingerprint(self) -> str:
         import ir_datasets
 
-        return hashlib.sha256(ir_datasets.docs_parent_id(self.irds_id).encode()).hexdigest()[:16]
+        parent = ir_datasets.docs_parent_id(self.irds_id)
+        return hashlib.sha256(f"{parent}|{ir_datasets.__version__}".encode()).hexdigest()[:16]
+
+    @property
+    def fingerprint(self) -> str:
+        """ir_datasets verifies its files against fixed checksums, so the id and the library version that
+        holds those checksums name the content."""
+        import ir_datasets
+
+        return hashlib.sha256(f"{self.irds_id}|{ir_datasets.__version__}".encode()).hexdigest()[:16]
 
 
 def _irds_doc(d) -> Doc:
@@ -326,6 +352,7 @@ def load_dataset(
     split: str = "test",
     relevance_level: int = 1,
     source: str = "auto",
+    pool: bool = False,
 ) -> Dataset:
     """Open a dataset from its config.
 
@@ -337,6 +364,8 @@ def load_dataset(
         split: the qrels split of a local folder.
         relevance_level: the lowest grade binary metrics (MAP, MRR, recall) count as relevant.
         source: ``auto`` (local copy when there is one, else ir_datasets), ``local`` or ``irds``.
+        pool: the local copy's corpus is only a pool (judged and retrieved documents), not the whole collection:
+            full-corpus first stages over it give figures no published run can be compared with.
 
     Raises:
         ConfigError: unknown ``source`` or nothing to load from.
@@ -353,7 +382,7 @@ def load_dataset(
                 raise DataError(
                     f"no local copy of {name}: set dataset.path=<BEIR folder> or {DATA_ENV}=<folder holding {folder}/>"
                 )
-            return BeirDirDataset(local, split=split, name=name, relevance_level=relevance_level)
+            return BeirDirDataset(local, split=split, name=name, relevance_level=relevance_level, pool=pool)
     if not irds_id:
         raise ConfigError(
             f"dataset {name} has neither a local folder nor an ir_datasets id; set dataset.path=..."

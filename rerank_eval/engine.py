@@ -1,12 +1,17 @@
 """Fast scoring for cross-encoders and bi-encoders: each unique text tokenized once (the Rust tokenizer, plain ASCII
 past BERT's Unicode clean-up), pairs built from ids, BERT-family models run packed (a batch is one row of all its
 sequences' tokens: no compute on padding, attention within each sequence, flash-attention over variable lengths on
-a GPU), batches under a token budget, bf16 where the hardware has it, fp32 scores out.
+a GPU), batches under a token budget, fp32 by default (bf16 or fp16 on request), fp32 scores out.
 
-Scores equal ``sentence_transformers.CrossEncoder.predict`` on the same pairs (within 1e-5 in fp32, 1e-2 in
-bf16): pairs use the model's own special tokens and the tokenizer's longest-first truncation rule, which
-``CrossEncoderEngine`` checks against the tokenizer when it loads. ``BiEncoder`` vectors equal
-``SentenceTransformer.encode`` the same way.
+Scores equal ``sentence_transformers.CrossEncoder.predict`` on the same pairs (within 1e-5 in fp32): pairs use the
+model's own special tokens and the tokenizer's longest-first truncation rule, and ``CrossEncoderEngine`` checks
+its pair building against the tokenizer on probe pairs when it loads (a model whose tokenizer it cannot reproduce
+is refused). ``BiEncoder`` vectors equal ``SentenceTransformer.encode`` the same way.
+
+Batch invariance: with ``batch_invariant=True`` (the default) every pair or text runs as its own forward, so its
+score is bitwise the same whatever it was scored with (matrix products on a CPU give results that depend, by
+~1e-5, on how many rows they multiply at once); the score cache depends on that. ``batch_invariant=False`` packs
+many pairs a forward: faster, and scores then move with batch composition (by ~1e-5 in fp32, ~0.08 in bf16).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, ConfigError
+from .provenance import model_identity, scoring_code
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -56,21 +62,24 @@ def resolve_model(name: str) -> str:
     return name
 
 
-@functools.cache
-def model_fingerprint(resolved: str) -> str:
-    """A short hash of a local model's weight files (or of the hub id), so caches notice changed weights."""
-    p = Path(resolved)
-    h = hashlib.sha256(p.name.encode() if not p.is_dir() else b"")
-    if p.is_dir():
-        for f in sorted(p.rglob("*")):
-            if f.suffix in (".safetensors", ".bin", ".json", ".txt") and f.is_file():
-                h.update(f.name.encode())
-                with f.open("rb") as fh:
-                    for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
-                        h.update(block)
-    else:
-        h.update(resolved.encode())
-    return h.hexdigest()[:16]
+def declared_max_length(path: str, tokenizer, config) -> int:
+    """The longest input a model declares: a sentence-transformers config's ``max_seq_length`` / ``max_length``,
+    else the tokenizer's ``model_max_length``, capped by the position embeddings."""
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0) or 1 << 30
+    declared = None
+    folder = Path(path)
+    for name in ("sentence_bert_config.json", "config_sentence_transformers.json"):
+        f = folder / name
+        if f.is_file():
+            data = json.loads(f.read_text(encoding="utf-8"))
+            declared = data.get("max_seq_length") or data.get("max_length") or declared
+    st = getattr(config, "sentence_transformers", None)
+    if declared is None and isinstance(st, dict):
+        declared = st.get("max_length") or st.get("max_seq_length")
+    if declared is None:
+        tok = int(getattr(tokenizer, "model_max_length", 0) or 0)
+        declared = tok if 0 < tok < 1 << 30 else None
+    return min(int(declared), positions) if declared else min(positions, 512)
 
 
 def load_error(name: str, err: Exception) -> BackendUnavailableError:
@@ -96,6 +105,13 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def dtype_name(dtype) -> str:
+    """The short name of a torch dtype, as jobs are named: fp32, bf16, fp16."""
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    name = str(dtype).removeprefix("torch.")
+    return short.get(name, name)
 
 
 def pick_dtype(dtype: str | None, device: str):
@@ -129,9 +145,12 @@ class CrossEncoderEngine:
 
     Args:
         model: a Hugging Face id or a local folder.
-        max_length: longest pair in tokens; longer pairs are truncated longest-first like the tokenizer does.
+        max_length: longest pair in tokens (None: what the model declares, see ``declared_max_length``); longer
+            pairs are truncated longest-first like the tokenizer does.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        dtype: ``auto`` (bf16 where the hardware has it), ``fp32``, ``bf16`` or ``fp16``.
+        dtype: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto`` (bf16 where the hardware has it).
+        batch_invariant: one pair a forward, so a pair's score never depends on what it was scored with (see the
+            module docstring); False packs many pairs a forward under ``batch_tokens``.
         batch_tokens: the token budget of one batch (rows times padded length); None: 1024 on CPU, 65536 on
             CUDA. On CPU a batch also ends where the next pair is shorter than 70% of the batch's longest, so
             little compute goes to padded attention (see ``_batches``).
@@ -148,15 +167,16 @@ class CrossEncoderEngine:
     def __init__(
         self,
         model: str,
-        max_length: int | None = 512,
+        max_length: int | None = None,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "fp32",
         batch_tokens: int | None = None,
         activation: bool = False,
         chunk_pairs: int = 2048,
         compile: bool = False,
         packed: bool | None = None,
         prep_workers: int | None = None,
+        batch_invariant: bool = True,
     ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -180,8 +200,12 @@ class CrossEncoderEngine:
         self.model.eval().to(self.device)
         if self.model.config.num_labels != 1:
             raise ConfigError(f"{model} has {self.model.config.num_labels} labels; a reranker needs one")
-        limit = min(int(self.tokenizer.model_max_length), int(self.model.config.max_position_embeddings))
-        self.max_length = min(int(max_length), limit) if max_length else limit
+        self.declared_max_length = declared_max_length(self.path, self.tokenizer, self.model.config)
+        positions = int(self.model.config.max_position_embeddings)
+        if max_length is not None and int(max_length) < 8:
+            raise ConfigError(f"max_length must be at least 8 tokens, got {max_length}")
+        self.max_length = min(int(max_length), positions) if max_length else self.declared_max_length
+        self.batch_invariant = bool(batch_invariant)
         self.activation = activation
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._template = self._pair_template()
@@ -201,6 +225,7 @@ class CrossEncoderEngine:
         self._forward = self._forward_packed if self.packed else self._forward_padded
         if compile:
             self._forward = torch.compile(self._forward, dynamic=True)
+        self._check_pairs()
 
     # -- pair construction -------------------------------------------------------------------------------------
     def _pair_template(self):
@@ -223,6 +248,34 @@ class CrossEncoderEngine:
             "t2": t[s2],
             "has_types": types is not None,
         }
+
+    def _check_pairs(self) -> None:
+        """Pack probe pairs (short; a long document; both texts past ``max_length``; non-ASCII) and compare them
+        with the tokenizer's own encoding of the same pairs (longest-first truncation); refuse the model if any
+        differs, rather than score it approximately."""
+        if self._template is None:
+            return
+        long_q = " ".join(f"query{i} word" for i in range(self.max_length))
+        long_d = " ".join(f"passage {i}" for i in range(self.max_length))
+        probes = [
+            ("what is a cat", "a cat is a small animal"),
+            ("short query", long_d),
+            (long_q, long_d),
+            (long_q + " extra words here", long_d[: len(long_d) // 2]),
+            ("Café naïve 東京?", "Résumé — ünïcödé\ttext"),
+        ]
+        ids, types, cu = self.pack(probes)
+        for i, (a, b) in enumerate(probes):
+            enc = self.tokenizer(a, b, truncation="longest_first", max_length=self.max_length)
+            got = ids[cu[i] : cu[i + 1]].tolist()
+            if got != list(enc["input_ids"]) or (
+                "token_type_ids" in enc and types[cu[i] : cu[i + 1]].tolist() != list(enc["token_type_ids"])
+            ):
+                raise BackendUnavailableError(
+                    f"{self.name}: the engine's pair encoding differs from the tokenizer's on a probe pair; this "
+                    "tokenizer is not supported (please report it)"
+                )
+        self._store.clear()
 
     def _token_ids(self, texts: Sequence[str]) -> None:
         """Tokenize the texts not seen before, in batched calls (the Rust tokenizer directly when there is one;
@@ -316,7 +369,11 @@ class CrossEncoderEngine:
         n1, n2, lengths = self._lengths(ql, dl)
         order = np.argsort(-lengths, kind="stable")
         out = []
-        for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
+        if self.batch_invariant:
+            cuts = _singles(len(order))
+        else:
+            cuts = _batches(lengths[order], self.batch_tokens, self.min_fill)
+        for a, b in cuts:
             idx = order[a:b]
             cu, row, pos = _layout(lengths[idx])  # worked out here: on a GPU it would wait for the device
             ids, types = self._pack(qs[idx], ds[idx], n1[idx], n2[idx], row, pos, tokens)
@@ -350,7 +407,7 @@ class _TokenStore:
         self.slot: dict[str, int] = {}
         self._tokens = np.zeros(1 << 16, dtype=np.int32)
         self._start = np.zeros(1 << 10, dtype=np.int64)
-        self._length = np.zeros(1 << 10, dtype=np.int64)
+        self._length = np.zeros(1 << 10, dtype=np.int64)  # the text's full length, before any cut
         self._n_tokens = 0
         self._lock = threading.Lock()
 
@@ -362,10 +419,11 @@ class _TokenStore:
         with self._lock:
             new = [k for k, t in enumerate(texts) if t not in self.slot]  # another thread may have added some
             texts, ids = [texts[k] for k in new], [ids[k] for k in new]
-            lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-            if lengths.max(initial=0) > max_length:
+            full = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+            # only max_length tokens of a text can ever be kept; its full length decides longest-first truncation
+            if full.max(initial=0) > max_length:
                 ids = [i[:max_length] for i in ids]
-                lengths = np.minimum(lengths, max_length)
+            lengths = np.minimum(full, max_length)
             n, used = len(self.slot), self._n_tokens
             total = int(lengths.sum())
             self._tokens = _room(self._tokens, used + total)
@@ -375,12 +433,13 @@ class _TokenStore:
             self._start = _room(self._start, n + len(texts))
             self._length = _room(self._length, n + len(texts))
             self._start[n : n + len(texts)] = used + np.cumsum(lengths) - lengths
-            self._length[n : n + len(texts)] = lengths
+            self._length[n : n + len(texts)] = full
             self._n_tokens = used + total
             self.slot.update(zip(texts, range(n, n + len(texts)), strict=True))
 
     def spans(self, pairs: Sequence[tuple[str, str]]):
-        """Where each pair's query and document tokens start, their lengths, and the token array they index."""
+        """Where each pair's query and document tokens start, their full lengths (at most ``max_length`` tokens
+        of each are stored), and the token array they index."""
         with self._lock:
             s = self.slot
             q = np.fromiter((s[p[0]] for p in pairs), dtype=np.int64, count=len(pairs))
@@ -570,6 +629,11 @@ def _to_device(torch, array, device: str):
     return t
 
 
+def _singles(n: int) -> list[tuple[int, int]]:
+    """One row a batch: what ``batch_invariant`` runs."""
+    return [(i, i + 1) for i in range(n)]
+
+
 def _batches(sorted_lengths: np.ndarray, budget: int, min_fill: float = 0.0) -> list[tuple[int, int]]:
     """Cut length-sorted (longest first) rows into batches whose padded size stays within the token budget; with
     ``min_fill``, a batch also ends before a row shorter than ``min_fill`` times the batch's padded length."""
@@ -644,22 +708,28 @@ _BI_ENCODERS: dict[tuple, BiEncoder] = {}
 def shared_bi_encoder(
     model: str,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "fp32",
     batch_size: int = 128,
     max_length: int | None = None,
+    batch_invariant: bool = True,
 ) -> BiEncoder:
     """One loaded bi-encoder per setting and process: the dense first stage and the bi-encoder reranker of a
     sweep's jobs share it."""
-    key = (model, device, dtype, batch_size, max_length)
+    key = (model, device, dtype, batch_size, max_length, batch_invariant)
     if key not in _BI_ENCODERS:
         _BI_ENCODERS[key] = BiEncoder(
-            model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_length=max_length,
+            batch_invariant=batch_invariant,
         )
     return _BI_ENCODERS[key]
 
 
 class BiEncoder:
-    """A sentence-transformers bi-encoder, bf16 where the hardware has it, unit vectors out.
+    """A sentence-transformers bi-encoder, fp32 by default, unit vectors out.
 
     A BERT body with mean pooling (all-MiniLM-L6-v2 and its kind) runs packed like ``CrossEncoderEngine``: texts
     tokenized in one call, batches of packed tokens under a token budget, attention per text; its vectors equal
@@ -672,16 +742,19 @@ class BiEncoder:
         batch_size: texts per batch of a model that does not run packed.
         max_length: longest input in tokens (None keeps the model's own).
         batch_tokens: the token budget of one packed batch (None: 1024 on CPU, 65536 on CUDA).
+        batch_invariant: one text a forward, so a vector never depends on the texts encoded with it (see the
+            module docstring).
     """
 
     def __init__(
         self,
         model: str,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "fp32",
         batch_size: int = 128,
         max_length: int | None = None,
         batch_tokens: int | None = None,
+        batch_invariant: bool = True,
     ):
         import torch
         from sentence_transformers import SentenceTransformer
@@ -699,7 +772,11 @@ class BiEncoder:
             raise load_error(model, e) from e
         if max_length:
             self.model.max_seq_length = int(max_length)
-        self.identity = f"{self.name}|{model_fingerprint(self.path)}|{self.dtype}|{self.model.max_seq_length}"
+        self.batch_invariant = bool(batch_invariant)
+        self.identity = (
+            f"{self.name}|{model_identity(self.path)}|{dtype_name(self.dtype)}|len={self.model.max_seq_length}"
+            f"|{'invariant' if self.batch_invariant else 'batched'}"
+        )
         cuda = self.device.startswith("cuda")
         self.batch_tokens = int(batch_tokens or (65536 if cuda else 1024))
         self.min_fill = 0.0 if cuda else 0.7
@@ -717,7 +794,7 @@ class BiEncoder:
         if self._body is None:
             emb = self.model.encode(
                 list(texts),
-                batch_size=self.batch_size,
+                batch_size=1 if self.batch_invariant else self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=show,
@@ -735,7 +812,11 @@ class BiEncoder:
         out = np.zeros((len(texts), self._body.bert.config.hidden_size), dtype=np.float32)
         bar = _progress(len(texts), progress, f"encoding {self.name}", unit="text")
         with torch.inference_mode():
-            for a, b in _batches(lengths[order], self.batch_tokens, self.min_fill):
+            if self.batch_invariant:
+                cuts = _singles(len(order))
+            else:
+                cuts = _batches(lengths[order], self.batch_tokens, self.min_fill)
+            for a, b in cuts:
                 idx = order[a:b]
                 flat = np.fromiter(
                     itertools.chain.from_iterable([self._cls, *ids[i], self._sep] for i in idx),
@@ -758,7 +839,8 @@ class BiEncoder:
     def encode_corpus(self, dataset, prefix: str = "") -> tuple[list[str], np.ndarray]:
         """Embeddings of every document (``prefix`` + title + text), cached on disk per (model identity,
         prefix, corpus fingerprint)."""
-        key = hashlib.sha256(f"{self.identity}|{prefix}|{dataset.fingerprint}".encode()).hexdigest()[:20]
+        key = f"{self.identity}|{prefix}|{dataset.corpus_fingerprint}|{scoring_code('engine')}"
+        key = hashlib.sha256(key.encode()).hexdigest()[:20]
         path = cache_root() / "embeddings" / f"{key}.npz"
         if path.is_file():
             try:

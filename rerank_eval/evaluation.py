@@ -2,7 +2,12 @@
 
 Binary metrics (MAP, MRR, recall, precision, ...) count a document relevant when its grade reaches the
 dataset's ``relevance_level`` (TREC DL: 2); nDCG uses the graded judgements with linear gain (trec_eval's).
-``judged@k`` is the share of the top k that has any judgement: low values mean a run is under-rated.
+``judged@k`` is the share of the top k that has any judgement: low values mean a run is under-rated. It means
+something only where the qrels judge non-relevant documents (TREC DL); BEIR-style qrels list only relevant ones, so
+there it would equal precision@k (``judges_nonrelevant``).
+
+Queries whose qrels hold no document at the relevance level stay in the mean and score 0 on the binary metrics,
+as trec_eval does by default (nDCG uses every positive grade, so it can be above 0 for them).
 """
 
 from __future__ import annotations
@@ -70,6 +75,26 @@ def parse_metrics(names: Sequence[str]) -> list[Metric]:
     if not out:
         raise ConfigError("no metrics configured; set metrics=[ndcg@10, ...]")
     return out
+
+
+def judges_nonrelevant(qrels: Qrels, relevance_level: int = 1) -> bool:
+    """True when the qrels judge some document below the relevance level (so judged@k is not precision@k)."""
+    return any(g < relevance_level for rel in qrels.values() for g in rel.values())
+
+
+def without_relevant(qrels: Qrels, relevance_level: int = 1) -> list[str]:
+    """Queries whose judgements hold no document at or above the relevance level."""
+    return sorted(q for q, rel in qrels.items() if not any(g >= relevance_level for g in rel.values()))
+
+
+def context_tokens(final: Ranking, docs: dict, tokenizer) -> float:
+    """Mean tokens per query that the final lists' documents (title + text) would put into a prompt."""
+    per_query = []
+    for hits in final.values():
+        texts = [docs[d.doc_id].full_text for d in hits]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        per_query.append(sum(len(i) for i in ids))
+    return float(np.mean(per_query)) if per_query else 0.0
 
 
 def judged_at(qrels: Qrels, ranking: Ranking, k: int) -> dict[str, float]:

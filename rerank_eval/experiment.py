@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import shutil
@@ -16,12 +16,23 @@ import pandas as pd
 
 from .cache import ScoreCache
 from .datasets import Dataset
-from .evaluation import Metric, evaluate, paired_test, parse_metrics
+from .engine import MINILM_ID
+from .errors import ConfigError
+from .evaluation import (
+    Metric,
+    context_tokens,
+    evaluate,
+    judges_nonrelevant,
+    paired_test,
+    parse_metrics,
+    without_relevant,
+)
 from .files import atomic_writer, write_atomic
 from .pipeline import PipelineResult, run_pipeline
+from .provenance import code_version, device_name, fingerprint
 from .rerankers import Reranker
 from .retrievers import Retriever
-from .tracking import Tracker
+from .tracking import Tracker, git_commit
 from .types import Ranking
 
 log = logging.getLogger("rerank_eval")
@@ -38,35 +49,55 @@ class JobResult:
     output_dir: Path
     run_id: str | None = None
     counts: dict[str, float] = field(default_factory=dict)
+    latency_source: str = "none"  # measured, probe or none
 
 
-VOLATILE = ("progress", "mlflow", "cache", "resume")  # config keys that do not change a job's results
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
-
-
-def fingerprint(config: Mapping, *identities: str) -> str:
-    """A stable hash of what makes two jobs the same job: the resolved config (less the keys that cannot change
-    results) and the identities of the data and models (corpus hash, model weights hash)."""
-    core = {k: v for k, v in config.items() if k not in VOLATILE}
-    blob = json.dumps([core, identities], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+FINAL_MEASURES = (
+    "ndcg",
+    "precision",
+    "recall",
+)  # evaluated at top_k on the final list (a RAG prompt's context)
+TOP_K_KEYS = ("top_k", "final_metrics", "context_tokenizer")  # config keys that only change the final cut
+_CANDIDATE_RUNS: dict[str, PipelineResult] = {}  # pipeline results by comparison id, shared by top_k siblings
 
 
 def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
-    """Write a TREC run file atomically (a temporary file renamed into place)."""
+    """Write a TREC run file atomically, with scores that strictly decrease in rank order (``n - rank + 1``), so
+    that trec_eval, ir_measures and ranx, which re-sort by score and break ties their own way, read exactly the
+    order the harness evaluated. The raw scores go beside it (``write_scores``)."""
     with atomic_writer(path) as f:
         for q in sorted(ranking):
+            n = len(ranking[q])
             for rank, d in enumerate(ranking[q], 1):
-                f.write(f"{q} Q0 {d.doc_id} {rank} {d.score:.6f} {tag}\n")
+                f.write(f"{q} Q0 {d.doc_id} {rank} {n - rank + 1} {tag}\n")
+
+
+def write_scores(ranking: Ranking, path: Path) -> None:
+    """The raw model or first-stage scores of a run, in rank order, as TSV (query_id, doc_id, rank, score): fp32
+    values written so that they read back exactly."""
+    with atomic_writer(path) as f:
+        f.write("query_id\tdoc_id\trank\tscore\n")
+        for q in sorted(ranking):
+            for rank, d in enumerate(ranking[q], 1):
+                f.write(f"{q}\t{d.doc_id}\t{rank}\t{d.score:.9g}\n")
 
 
 def latency_stats(prefix: str, ms: Mapping[str, float]) -> dict[str, float]:
-    values = np.fromiter(ms.values(), dtype=float) if ms else np.zeros(1)
+    """Mean, p50 and p95 of per-query latencies; empty when nothing was measured."""
+    if not ms:
+        return {}
+    values = np.fromiter(ms.values(), dtype=float)
     return {
         f"{prefix}_ms_mean": float(values.mean()),
         f"{prefix}_ms_p50": float(np.percentile(values, 50)),
         f"{prefix}_ms_p95": float(np.percentile(values, 95)),
     }
+
+
+def final_metrics(measures: Sequence[str], top_k: int) -> list[Metric]:
+    """The final list's metrics: each measure at ``top_k``."""
+    return parse_metrics([f"{m}@{top_k}" for m in measures])
 
 
 def run_experiment(
@@ -88,22 +119,76 @@ def run_experiment(
     progress: bool = True,
     resume: bool = True,
     on_failure: str = "fail",
+    final_measures: Sequence[str] = FINAL_MEASURES,
+    no_relevant: str = "keep",
+    allow_pool: bool = False,
+    latency_probe: int = 10,
+    context_tokenizer: str | None = MINILM_ID,
 ) -> JobResult:
     """Run, evaluate, write and track one pipeline.
 
-    Writes into ``output_dir``: ``run.trec`` (the reranked candidates), ``first_stage.trec``, ``per_query.csv``
-    and, last, ``metrics.json``: a folder without ``metrics.json`` is an unfinished job. With a tracker and
-    ``resume``, a job whose fingerprint matches a finished MLflow run is not run again: that run's files are
-    fetched into ``output_dir`` and its results returned.
+    The reranked candidates are evaluated at the standard cutoffs (``metrics``); the final list a consumer
+    receives (the candidates cut to ``top_k``) at ``top_k`` (``final_measures``: nDCG, context precision and
+    recall), with ``context_tokens``. Writes into ``output_dir``: ``run.trec`` (the reranked candidates, scores
+    strictly decreasing so any evaluator re-scores the same figures), ``run.scores.tsv`` (the raw scores),
+    ``first_stage.trec`` / ``first_stage.scores.tsv``, ``per_query.csv`` and, last, ``metrics.json``: a folder
+    without ``metrics.json`` is an unfinished job. With a tracker and ``resume``, a job whose fingerprint (config,
+    data and run file contents, model identity, endpoint, code version) matches a finished MLflow run is not run
+    again: that run's files are fetched into ``output_dir`` and its results returned.
+
+    Args:
+        no_relevant: ``keep`` (trec_eval's default: queries without a relevant document score 0 and stay in the
+            mean) or ``drop`` (left out of every mean and test).
+        allow_pool: run a full-corpus first stage over a dataset whose corpus is only a pool (recorded).
+        latency_probe: queries timed afresh when some scores came from a cache (0: report no latency then).
+        context_tokenizer: the tokenizer ``context_tokens`` counts with (None: not counted).
+
+    Raises:
+        ConfigError: ``resume`` with a tracker but no ``config`` to fingerprint; a pool corpus under a
+            full-corpus first stage; bad options.
 
     Returns:
         JobResult with mean metrics, first-stage metrics, p-values, latencies and the MLflow run id.
     """
+    if no_relevant not in ("keep", "drop"):
+        raise ConfigError(f"no_relevant must be keep or drop, got {no_relevant!r}")
+    if tracker is not None and resume and config is None:
+        raise ConfigError(
+            "resume needs the job's config to fingerprint (run_experiment(..., config=...)); without it two "
+            "different jobs on one dataset would look the same: pass config, or resume=False"
+        )
+    full_corpus = getattr(retriever, "full_corpus", False)
+    if getattr(dataset, "pool", False) and full_corpus and not allow_pool:
+        raise ConfigError(
+            f"{dataset.name}'s corpus here is only a pool of judged and retrieved passages, so {retriever.name} "
+            "over it gives figures no published run can be compared with; rerank a saved run instead "
+            "(retriever=run retriever.name=bm25), or pass allow_pool=true to run it anyway (recorded on the run)"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rr_name = reranker.name if reranker is not None else "none"
     name = name or f"{dataset.name}/{retriever.name}/{rr_name}@{candidates}/top{top_k}"
-    fp = fingerprint(config or {}, dataset.fingerprint, getattr(reranker, "identity", "none"))
+    finals = final_metrics(final_measures, top_k)
+    settings = {
+        "candidates": candidates,
+        "metrics": [m.name for m in metrics],
+        "significance": significance,
+        "on_failure": on_failure,
+        "no_relevant": no_relevant,
+        "allow_pool": allow_pool,
+        "latency_probe": latency_probe,
+    }
+    ingredients = {
+        "dataset": dataset.fingerprint,
+        "retriever": retriever.identity(dataset),
+        "reranker": getattr(reranker, "identity", "none"),
+        "code": code_version(),
+        "settings": json.dumps(settings, sort_keys=True),
+    }
+    base = {k: v for k, v in (config or {}).items() if k not in TOP_K_KEYS}
+    comparison = fingerprint(base, ingredients)  # the same for jobs that differ only in top_k
+    top = {"top_k": top_k, "final": [m.name for m in finals], "tokenizer": context_tokenizer}
+    fp = fingerprint(config or {}, {**ingredients, "top": json.dumps(top, sort_keys=True)})
     if tracker is not None and resume:
         previous = tracker.find_finished(fp)
         if previous is not None:
@@ -114,18 +199,56 @@ def run_experiment(
                 previous,
                 fp,
             )
-            return _reuse(tracker, previous, name, metrics, out, parent_run_id)
+            return _reuse(tracker, previous, name, [*metrics, *finals], out, parent_run_id)
     if tracker is not None and tracker.close_stale(fp):
         log.info("%s: the run an earlier, killed attempt left RUNNING in MLflow is marked KILLED", name)
     started, t0 = time.time(), time.perf_counter()
-    res: PipelineResult = run_pipeline(
-        dataset, retriever, reranker, candidates, top_k, cache=cache, progress=progress, on_failure=on_failure
-    )
+    res = _CANDIDATE_RUNS.get(comparison)
+    shared = res is not None
+    if res is None:
+        res = run_pipeline(
+            dataset,
+            retriever,
+            reranker,
+            candidates,
+            top_k,
+            cache=cache,
+            progress=progress,
+            on_failure=on_failure,
+            latency_probe=latency_probe,
+        )
+        _CANDIDATE_RUNS.clear()  # one is enough: sweeps list top_k innermost
+        _CANDIDATE_RUNS[comparison] = res
+    else:
+        log.info(
+            "%s: same candidates as the job just run (only top_k differs): its scoring and timing reused",
+            name,
+        )
+    final = {q: hits[:top_k] for q, hits in res.reranked.items()}
+    first_final = {q: hits[:top_k] for q, hits in res.first_stage.items()}
     wall = time.perf_counter() - t0
 
     qrels = dataset.qrels()
+    empty = without_relevant(qrels, dataset.relevance_level)
+    if no_relevant == "drop":
+        qrels = {q: r for q, r in qrels.items() if q not in set(empty)}
+    absent: dict[str, str] = {}
+    if not judges_nonrelevant(qrels, dataset.relevance_level):
+        for m in metrics:
+            if m.measure == "judged":
+                absent[m.name] = (
+                    "the qrels list only relevant documents (BEIR-style), so judged@k would equal precision@k"
+                )
+        if absent:
+            log.info("%s: %s not reported: %s", name, ", ".join(absent), next(iter(absent.values())))
+    metrics = [m for m in metrics if m.name not in absent]
     per_query = evaluate(qrels, res.reranked, metrics, dataset.relevance_level)
     first = evaluate(qrels, res.first_stage, metrics, dataset.relevance_level)
+    final_pq = evaluate(qrels, final, finals, dataset.relevance_level)
+    first_final_pq = evaluate(qrels, first_final, finals, dataset.relevance_level)
+    per_query = per_query.join(final_pq.drop(columns=[c for c in final_pq if c in per_query]))
+    first = first.join(first_final_pq.drop(columns=[c for c in first_final_pq if c in first]))
+    evaluated = [*metrics, *(m for m in finals if m.name not in {x.name for x in metrics})]
     means = per_query.mean().to_dict()
     first_means = first.mean().to_dict()
     ks = [k for k in CURVE_KS if k <= candidates]
@@ -133,26 +256,51 @@ def run_experiment(
         qrels, res.reranked, parse_metrics([f"recall@{k}" for k in ks]), dataset.relevance_level
     ).mean()
     recall_curve = {k: float(curve[f"recall@{k}"]) for k in ks}
-    pvalues = {m.name: paired_test(per_query[m.name], first[m.name], significance) for m in metrics}
+    pvalues = {m.name: paired_test(per_query[m.name], first[m.name], significance) for m in evaluated}
 
     latency = {**latency_stats("first_stage", res.first_stage_ms), **latency_stats("reranker", res.rerank_ms)}
+    latency_source = res.latency_source if reranker is not None else "none"
     counts = {
         "queries": float(len(per_query)),
-        "pairs_scored": float(res.pairs_scored),
-        "pairs_cached": float(res.pairs_cached),
+        "queries_without_relevant": float(len(empty)),
+        "pairs_scored": 0.0 if shared else float(res.pairs_scored),
+        "pairs_cached": float(res.pairs_cached + (res.pairs_scored if shared else 0)),
         "failed_queries": float(len(res.failed)),
+        "latency_queries": float(len(res.rerank_ms)),
         "index_s": res.index_s,
         "wall_s": wall,
+        **res.probe,
     }
+    if context_tokenizer:
+        counts["context_tokens"] = context_tokens(
+            final,
+            dataset.docs(sorted({d.doc_id for h in final.values() for d in h})),
+            _tokenizer(context_tokenizer),
+        )
     usage = getattr(reranker, "usage", None)  # API rerankers: requests, tokens or search units, and cost
     if usage is not None:
         counts.update(usage.counts)
         counts["api_cost_usd_per_1k_queries"] = (
             1000 * usage.counts.get("api_cost_usd", 0.0) / max(len(per_query), 1)
         )
+    origin = {
+        "latency_source": latency_source,  # measured, probe or none: never replayed from a cache
+        "latency_device": device_name(getattr(reranker, "device", "cpu")) if reranker is not None else "",
+        "code_version": code_version(),
+        "git_commit": git_commit(),
+        "comparison": comparison,
+        "dataset_source": getattr(dataset, "source", ""),
+        "dataset_pool": str(bool(getattr(dataset, "pool", False))).lower(),
+        **({"pool_override": "true"} if getattr(dataset, "pool", False) and full_corpus else {}),
+        **({"absent": json.dumps(absent)} if absent else {}),
+        **{f"reranker.{k}": str(v) for k, v in (getattr(reranker, "settings", None) or {}).items()},
+        **({"context_tokenizer": context_tokenizer} if context_tokenizer else {}),
+    }
 
     write_trec(res.reranked, out / "run.trec", tag=rr_name)
+    write_scores(res.reranked, out / "run.scores.tsv")
     write_trec(res.first_stage, out / "first_stage.trec", tag=retriever.name)
+    write_scores(res.first_stage, out / "first_stage.scores.tsv")
     table = per_query.add_prefix("reranked.").join(first.add_prefix("first_stage."))
     write_atomic(out / "per_query.csv", table.to_csv())
     summary = {
@@ -166,31 +314,40 @@ def run_experiment(
         "first_stage": first_means,
         "pvalues": pvalues,
         "significance": significance,
+        "final_metrics": [m.name for m in finals],
         "latency": latency,
         "counts": counts,
+        "origin": origin,
+        "absent": absent,
+        "queries_without_relevant": empty,
         "recall_curve": recall_curve,
         "fingerprint": fp,
+        "comparison": comparison,
         "config": config or {},
     }
 
     run_id = None
     if tracker is not None:
         mlflow_metrics = {}
-        for m in metrics:
+        for m in evaluated:
             mlflow_metrics[m.key] = means[m.name]
             mlflow_metrics[f"first_stage_{m.key}"] = first_means[m.name]
             mlflow_metrics[f"delta_{m.key}"] = means[m.name] - first_means[m.name]
             mlflow_metrics[f"pvalue_{m.key}"] = pvalues[m.name]
+        for m in finals:  # the same under keys that do not name k, so a top_k sweep compares in one column
+            mlflow_metrics[f"context_{m.measure}"] = means[m.name]
         mlflow_metrics.update(latency)
         mlflow_metrics.update(counts)
         tags = {
             "dataset": dataset.name,
             "dataset_fingerprint": dataset.fingerprint,
             "retriever": retriever.name,
+            "retriever_identity": ingredients["retriever"][:5000],
             "reranker": rr_name,
-            "reranker_identity": getattr(reranker, "identity", "none"),
+            "reranker_identity": ingredients["reranker"],
             "fingerprint": fp,
             "significance_test": significance,
+            **origin,
             **(usage.tags if usage is not None else {}),
         }
         pending = out / ".pending"  # metrics.json travels to MLflow from here; the job's own copy comes last
@@ -198,7 +355,9 @@ def run_experiment(
         write_atomic(pending / "metrics.json", json.dumps(summary, indent=2, default=str))
         artifacts = [
             out / "run.trec",
+            out / "run.scores.tsv",
             out / "first_stage.trec",
+            out / "first_stage.scores.tsv",
             out / "per_query.csv",
             pending / "metrics.json",
             out / "config.yaml",
@@ -218,14 +377,29 @@ def run_experiment(
         shutil.rmtree(pending, ignore_errors=True)
     write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
     log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
-    return JobResult(name, means, first_means, pvalues, latency, per_query, out, run_id, counts)
+    return JobResult(
+        name, means, first_means, pvalues, latency, per_query, out, run_id, counts, latency_source
+    )
+
+
+@functools.cache
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    from .engine import load_error, resolve_model
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as e:
+        raise load_error(name, e) from e
 
 
 def _reuse(
     tracker: Tracker, run_id: str, name: str, metrics: Sequence[Metric], out: Path, parent_run_id: str | None
 ) -> JobResult:
     """Results of a finished run, with its files fetched into ``out`` (metrics.json last)."""
-    tracker.download(run_id, ["run.trec", "first_stage.trec", "per_query.csv", "metrics.json"], out)
+    files = ["run.trec", "run.scores.tsv", "first_stage.trec", "first_stage.scores.tsv", "per_query.csv"]
+    tracker.download(run_id, [*files, "metrics.json"], out)
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     summary.update(mlflow_run_id=run_id, reused=True)
     if parent_run_id:
@@ -245,4 +419,5 @@ def _reuse(
         out,
         run_id,
         summary["counts"],
+        summary["origin"]["latency_source"],
     )

@@ -28,7 +28,11 @@ class PipelineResult:
     reranked: Ranking  # the same candidates in the reranker's order (== first_stage without a reranker)
     final: Ranking  # reranked cut to top_k: what a consumer (a RAG prompt) receives
     first_stage_ms: dict[str, float] = field(default_factory=dict)
-    rerank_ms: dict[str, float] = field(default_factory=dict)
+    rerank_ms: dict[str, float] = field(
+        default_factory=dict
+    )  # measured (fresh, whole list, one call) or probed
+    latency_source: str = "none"  # measured, probe or none: a latency is never replayed from a cache
+    probe: dict[str, float] = field(default_factory=dict)
     index_s: float = 0.0
     pairs_scored: int = 0
     pairs_cached: int = 0
@@ -69,6 +73,7 @@ def run_pipeline(
     queries: Sequence[Query] | None = None,
     progress: bool = True,
     on_failure: str = "fail",
+    latency_probe: int = 10,
 ) -> PipelineResult:
     """Run one pipeline over the dataset's queries.
 
@@ -82,6 +87,8 @@ def run_pipeline(
         queries: a subset of the dataset's queries (default: all judged queries).
         on_failure: a query whose reranking still fails after the API's retries either stops the run (``fail``:
             what was scored is in the cache, so a rerun resumes) or gets an empty list that scores 0 (``zero``).
+        latency_probe: when some queries' scores came from a cache, how many queries to time afresh at this depth
+            (``probe_latency``); 0 reports no reranker latency for such a job.
 
     Returns:
         PipelineResult with the three rankings, per-query latencies and cache counts.
@@ -114,6 +121,10 @@ def run_pipeline(
         result.reranked = dict(result.first_stage)
     else:
         _rerank(dataset, reranker, queries, cache, progress, result, on_failure)
+        if len(result.rerank_ms) == len(queries):
+            result.latency_source = "measured"
+        else:
+            probe_latency(dataset, reranker, queries, result, latency_probe)
     result.final = {q: hits[:top_k] for q, hits in result.reranked.items()}
     return result
 
@@ -127,6 +138,8 @@ def _rerank(
     result: PipelineResult,
     on_failure: str,
 ) -> None:
+    """Score every query's candidates (cached scores reused), and time the calls that scored a query's whole
+    candidate list fresh: the only latency a job can claim as measured at its own depth."""
     texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
     if not reranker.pointwise:
         cache = None  # a listwise score depends on the other documents: never reuse it across lists
@@ -138,12 +151,12 @@ def _rerank(
             cached = cache.get(reranker.identity, q.text, full) if cache is not None else {}
             keys = [text_key(t) for t in full]
             todo = [i for i, k in enumerate(keys) if k not in cached]
-            cost = sum(cached[k][1] for k in set(keys) if k in cached)
             scores = np.zeros(len(docs), dtype=np.float32)
             for i, k in enumerate(keys):
                 if k in cached:
-                    scores[i] = cached[k][0]
+                    scores[i] = cached[k]
             if todo:
+                hits_before = _internal_hits(reranker)
                 t = time.perf_counter()
                 try:
                     fresh = reranker.score(q, [docs[i] for i in todo])
@@ -163,12 +176,93 @@ def _rerank(
                     raise RuntimeError(
                         f"{reranker.name} returned {len(fresh)} scores for {len(todo)} documents"
                     )
+                fresh = np.asarray(fresh, dtype=np.float32)
+                _check_finite(reranker, q, fresh, [hits[i].doc_id for i in todo])
                 scores[todo] = fresh
-                cost += ms
+                if len(todo) == len(docs) and _internal_hits(reranker) == hits_before:
+                    result.rerank_ms[q.query_id] = ms  # the whole list, fresh, in one call: measured
                 if cache is not None:
-                    cache.put(reranker.identity, q.text, [full[i] for i in todo], fresh, ms)
+                    cache.put(reranker.identity, q.text, [full[i] for i in todo], fresh.tolist())
             result.pairs_scored += len(todo)
             result.pairs_cached += len(docs) - len(todo)
-            result.rerank_ms[q.query_id] = cost
             result.reranked[q.query_id] = cut([h.doc_id for h in hits], scores)
             bar.update()
+
+
+def _internal_hits(reranker: Reranker) -> float:
+    """Answers a reranker served from its own response cache (an LLM's), which a timing must not count."""
+    usage = getattr(reranker, "usage", None)
+    return usage.counts.get("api_cached", 0.0) if usage is not None else 0.0
+
+
+def _check_finite(reranker: Reranker, query: Query, scores: np.ndarray, doc_ids: Sequence[str]) -> None:
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise RerankEvalError(
+            f"{reranker.name} gave {len(bad)} non-finite score(s) ({scores[bad[0]]}) for query {query.query_id}, "
+            f"e.g. document {doc_ids[bad[0]]}; a NaN or infinite score has no rank: check the model's weights "
+            "and dtype (fp16 overflows), or the API's answer"
+        )
+
+
+def probe_latency(
+    dataset: Dataset,
+    reranker: Reranker,
+    queries: Sequence[Query],
+    result: PipelineResult,
+    size: int,
+    seed: int = 0,
+) -> None:
+    """Time fresh calls on a seeded sample of ``size`` queries at the job's own depth (caches bypassed), and check
+    that their scores equal the ones the job used (which came, at least in part, from a cache).
+
+    Sets ``result.rerank_ms`` to the probe's timings and ``result.latency_source`` to ``probe``, and records in
+    ``result.probe`` how many queries were probed and the largest score difference seen. API usage the probe
+    causes is counted apart (``probe_api_requests``, ``probe_api_cost_usd``), not in the job's cost.
+
+    Raises:
+        RerankEvalError: a batch-invariant local model whose fresh scores differ from the cached ones (a stale
+            or damaged score cache).
+    """
+    import random
+
+    pool = [q for q in queries if result.reranked.get(q.query_id) and q.query_id not in result.failed]
+    if size <= 0 or not pool:
+        result.rerank_ms, result.latency_source = {}, "none"
+        return
+    sample = sorted(
+        random.Random(seed).sample(sorted(pool, key=lambda q: q.query_id), min(size, len(pool))),
+        key=lambda q: q.query_id,
+    )
+    texts = dataset.docs(sorted({d.doc_id for q in sample for d in result.first_stage[q.query_id]}))
+    usage = getattr(reranker, "usage", None)
+    before = dict(usage.counts) if usage is not None else {}
+    timings, worst = {}, 0.0
+    responses = getattr(reranker, "responses", None)
+    if responses is not None:
+        responses.read = False  # an answer from the LLM's response cache is no timing
+    try:
+        for q in sample:
+            hits = result.first_stage[q.query_id]
+            used = {d.doc_id: d.score for d in result.reranked[q.query_id]}
+            t = time.perf_counter()
+            fresh = np.asarray(reranker.score(q, [texts[h.doc_id] for h in hits]), dtype=np.float32)
+            timings[q.query_id] = (time.perf_counter() - t) * 1e3
+            if reranker.pointwise:
+                diff = np.abs(fresh - np.array([used[h.doc_id] for h in hits], dtype=np.float32))
+                worst = max(worst, float(diff.max(initial=0.0)))
+    finally:
+        if responses is not None:
+            responses.read = True
+    if usage is not None:
+        spent = {k: usage.counts.get(k, 0.0) - before.get(k, 0.0) for k in ("api_requests", "api_cost_usd")}
+        usage.counts.clear()
+        usage.counts.update(before)
+        result.probe.update({f"probe_{k}": v for k, v in spent.items()})
+    result.rerank_ms, result.latency_source = timings, "probe"
+    result.probe.update(probe_queries=float(len(sample)), probe_max_abs_diff=worst)
+    if worst > 0 and getattr(getattr(reranker, "engine", None), "batch_invariant", False):
+        raise RerankEvalError(
+            f"{reranker.name}: scores computed now differ from the cached ones by up to {worst:.3g} for the same "
+            "pairs; the score cache is stale or damaged: move it away (cache.path) and rerun"
+        )

@@ -44,6 +44,8 @@ class JobRecord:
     per_query: pd.DataFrame  # columns reranked.<metric> and first_stage.<metric>, one row per query
     recall_curve: dict[int, float] = field(default_factory=dict)
     run_id: str | None = None
+    comparison: str = ""  # jobs that differ only in top_k share it: one comparison, counted once by Holm
+    latency_source: str = "none"  # measured, probe or none
 
     @classmethod
     def from_files(cls, summary_path: Path, per_query_path: Path, run_id: str | None = None) -> JobRecord:
@@ -62,6 +64,8 @@ class JobRecord:
             table,
             {int(k): v for k, v in s.get("recall_curve", {}).items()},
             run_id or s.get("mlflow_run_id"),
+            s.get("comparison") or s["name"],
+            (s.get("origin") or {}).get("latency_source", "none"),
         )
 
 
@@ -124,10 +128,12 @@ def comparison_frame(
     test: str = "student",
     metrics: Sequence[str] = TABLE_METRICS,
 ) -> pd.DataFrame:
-    """One line per job: metrics, reranker latency, change in ``metric`` against the first stage, the paired
-    test's p-value, Holm-adjusted across the reranked jobs, and per-query wins/ties/losses."""
+    """One line per job: metrics, reranker latency (only where it was measured or probed), change in ``metric``
+    against the first stage, the paired test's p-value, Holm-adjusted across the distinct comparisons (jobs that
+    differ only in top_k compare the same candidate lists: one comparison), and per-query wins/ties/losses."""
     rows = []
     for r in records:
+        timed = r.latency_source in ("measured", "probe")
         a, b = r.per_query[f"reranked.{metric}"], r.per_query[f"first_stage.{metric}"]
         reranked = r.reranker != "none"
         diff = (a - b).to_numpy()
@@ -139,21 +145,39 @@ def comparison_frame(
                 "candidates": r.candidates,
                 "top_k": r.top_k,
                 **{m: r.metrics.get(m, np.nan) for m in metrics},
-                "reranker ms/query": r.latency.get("reranker_ms_mean", np.nan) if reranked else np.nan,
+                "reranker ms/query": r.latency.get("reranker_ms_mean", np.nan)
+                if reranked and timed
+                else np.nan,
+                "latency source": r.latency_source if reranked else "",
                 "delta": r.metrics[metric] - r.first_stage[metric],
                 "p": paired_test(a, b, test) if reranked else np.nan,
                 "wins": int((diff > 1e-9).sum()),
                 "ties": int((np.abs(diff) <= 1e-9).sum()),
                 "losses": int((diff < -1e-9).sum()),
                 "run": r.run_id or "",
+                "comparison": f"{r.comparison}|{metric}",
             }
         )
     frame = pd.DataFrame(rows)
     tested = frame["p"].notna()
     frame["p (Holm)"] = np.nan
     if tested.any():
-        frame.loc[tested, "p (Holm)"] = holm(frame.loc[tested, "p"].tolist())
+        distinct = frame[tested].drop_duplicates("comparison")
+        adjusted = dict(zip(distinct["comparison"], holm(distinct["p"].tolist()), strict=True))
+        frame.loc[tested, "p (Holm)"] = frame.loc[tested, "comparison"].map(adjusted)
     return frame
+
+
+def distinct_comparisons(frame: pd.DataFrame) -> int:
+    """How many distinct comparisons the Holm correction of ``comparison_frame`` counted."""
+    return int(frame.loc[frame["p"].notna(), "comparison"].nunique())
+
+
+def _fmt_ms(ms: float, source: str) -> str:
+    """A latency with its origin: probe figures are marked ᵖ; none is shown where nothing was timed."""
+    if ms != ms:
+        return "n/a"
+    return f"{ms:.1f}{' ᵖ' if source == 'probe' else ''}"
 
 
 def _fmt_p(p: float) -> str:
@@ -191,7 +215,7 @@ def markdown_table(
             r["reranker"],
             *([str(r["candidates"]), str(r["top_k"])] if depth_columns else []),
             *(f"{r[m]:.4f}" for m in metrics),
-            "" if none else f"{r['reranker ms/query']:.1f}",
+            _fmt_ms(r["reranker ms/query"], r["latency source"]) if not none else "",
             "" if none else f"{r['delta']:+.4f}{mark}",
             "" if none else _fmt_p(r["p (Holm)"]),
             "" if none else f"{r['wins']}/{r['ties']}/{r['losses']}",
@@ -307,7 +331,7 @@ def plot_latency(frame: pd.DataFrame, metric: str, path: Path) -> None:
     plt = _plt()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    sub = frame[frame["reranker"] != "none"].drop_duplicates(
+    sub = frame[(frame["reranker"] != "none") & frame["reranker ms/query"].notna()].drop_duplicates(
         ["dataset", "first stage", "reranker", "candidates"]
     )
     datasets = list(dict.fromkeys(sub["dataset"])) or ["(no reranked jobs)"]
@@ -315,7 +339,17 @@ def plot_latency(frame: pd.DataFrame, metric: str, path: Path) -> None:
     for ax, d in zip(axes[0], datasets, strict=True):
         part = sub[sub["dataset"] == d]
         pts = list(zip(part["reranker ms/query"], part[metric], strict=True))
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:blue", zorder=2)
+        for source, marker in (("measured", "o"), ("probe", "^")):
+            mine = [p for p, s in zip(pts, part["latency source"], strict=True) if s == source]
+            if mine:
+                ax.scatter(
+                    [p[0] for p in mine],
+                    [p[1] for p in mine],
+                    c="tab:blue",
+                    marker=marker,
+                    zorder=2,
+                    label=f"latency {source}" + (" (fresh sample)" if source == "probe" else ""),
+                )
         for (_, r), (x, y) in zip(part.iterrows(), pts, strict=True):
             label = f"{_short(r['first stage'], 18)} + {_short(r['reranker'], 18)}@{r['candidates']}"
             ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -335,7 +369,7 @@ def plot_latency(frame: pd.DataFrame, metric: str, path: Path) -> None:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("reranker latency (ms/query, mean)")
+        ax.set_xlabel("reranker latency (ms/query, mean; measured or probed, never replayed)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.set_title(d, fontsize=10, loc="left")
@@ -397,6 +431,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = comparison_frame(records, metric, test)
     depth = frame["candidates"].nunique() > 1 or frame["top_k"].nunique() > 1
+    distinct = distinct_comparisons(frame)
     best = best_per_metric(records, [metric, *TABLE_METRICS[1:]])
     test_name = "paired t-test" if test == "student" else "Fisher's randomization test"
     lines = [
@@ -404,8 +439,10 @@ def write_report(
         "",
         *([intro, ""] if intro else []),
         f"{len(records)} jobs. Each reranked job is compared with its own first stage on {metric}: {test_name}, "
-        f"Holm-adjusted across the {int(frame['p'].notna().sum())} comparisons; † marks p < 0.05; "
-        "win/tie/loss counts queries.",
+        f"Holm-adjusted across the {distinct} distinct comparisons ({int(frame['p'].notna().sum())} reranked "
+        "jobs; jobs that differ only in top_k compare the same candidates and count once); † marks p < 0.05; "
+        "win/tie/loss counts queries. Reranker latency is measured on the job's own fresh calls, or on a "
+        "fresh probe sample of its queries (ᵖ) where its scores came from the cache; n/a: not timed.",
         "",
         markdown_table(frame, metric, depth_columns=depth),
         "Best configuration per metric:",

@@ -43,7 +43,13 @@ class SweepCallback(Callback):
         if self.parent is None:
             return
         from .evaluation import metric_key
-        from .report import best_per_metric, records_from_dirs, write_report
+        from .report import (
+            best_per_metric,
+            comparison_frame,
+            distinct_comparisons,
+            records_from_dirs,
+            write_report,
+        )
 
         os.environ.pop(PARENT_ENV, None)
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -66,6 +72,9 @@ class SweepCallback(Callback):
                     artifacts=paths,
                     metrics={
                         "jobs": len(records),
+                        "distinct_comparisons": distinct_comparisons(
+                            comparison_frame(records, test=config.get("significance", "student"))
+                        ),
                         **{f"best_{metric_key(m)}": v for m, (_, v) in best.items()},
                     },
                     tags={f"best_{metric_key(m)}": n for m, (n, _) in best.items()},

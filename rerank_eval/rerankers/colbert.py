@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..engine import MINILM_ID, BiEncoder
+from ..provenance import scoring_code
 from ..types import Doc, Query
 
 
@@ -35,13 +36,17 @@ class ColBERTReranker:
         query_max_length: int = 32,
         doc_max_length: int = 180,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "fp32",
         batch_size: int = 64,
     ):
         self.encoder = BiEncoder(model, device=device, dtype=dtype, batch_size=batch_size)
+        self.device = self.encoder.device
         self.query_max_length, self.doc_max_length = int(query_max_length), int(doc_max_length)
         self.name = f"colbert-{model.rstrip('/').rsplit('/', 1)[-1]}"
-        self.identity = f"colbert|{self.encoder.identity}|q={query_max_length}|d={doc_max_length}"
+        self.identity = (
+            f"colbert|{self.encoder.identity}|q={query_max_length}|d={doc_max_length}"
+            f"|code={scoring_code('rerankers/colbert')}"
+        )
 
     def _tokens(self, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
         m = self.encoder.model

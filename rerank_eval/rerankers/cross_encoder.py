@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..engine import CrossEncoderEngine, model_fingerprint
+from ..engine import CrossEncoderEngine, dtype_name
+from ..provenance import model_identity, scoring_code
 from ..types import Doc, Query
 
 _ENGINES: dict[tuple, CrossEncoderEngine] = {}
@@ -15,8 +16,11 @@ class CrossEncoderReranker:
 
     Args:
         model: a Hugging Face id (e.g. ``cross-encoder/ms-marco-MiniLM-L-6-v2``) or a local model folder.
-        max_length: longest pair in tokens.
-        device, dtype, batch_tokens, activation: see ``CrossEncoderEngine``.
+        max_length: longest pair in tokens; None: what the model declares (its sentence-transformers config, else
+            its tokenizer's ``model_max_length``, capped by its position embeddings).
+        revision: the hub revision the model was loaded at (recorded; a hub id is identified by the commit of
+            its cached snapshot and the hash of its files).
+        device, dtype, batch_tokens, activation, batch_invariant: see ``CrossEncoderEngine``.
     """
 
     pointwise = True
@@ -24,13 +28,15 @@ class CrossEncoderReranker:
     def __init__(
         self,
         model: str,
-        max_length: int = 512,
+        max_length: int | None = None,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "fp32",
         batch_tokens: int | None = None,
         activation: bool = False,
+        batch_invariant: bool = True,
+        revision: str | None = None,
     ):
-        key = (model, max_length, device, dtype, batch_tokens, activation)
+        key = (model, max_length, device, dtype, batch_tokens, activation, batch_invariant)
         if key not in _ENGINES:  # one loaded model per process: the jobs of a sweep share it
             _ENGINES[key] = CrossEncoderEngine(
                 model,
@@ -39,14 +45,25 @@ class CrossEncoderReranker:
                 dtype=dtype,
                 batch_tokens=batch_tokens,
                 activation=activation,
+                batch_invariant=batch_invariant,
             )
-        self.engine = _ENGINES[key]
-        e = self.engine
-        self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}"
-        dtype_name = str(e.dtype).removeprefix("torch.")
+        self.engine = e = _ENGINES[key]
+        self.dtype = dtype_name(e.dtype)
+        self.max_length = e.max_length
+        # the name says what ran: the model, its dtype, and the length where it is not the model's own
+        length = "" if e.max_length == e.declared_max_length else f"-len{e.max_length}"
+        batched = "" if e.batch_invariant else "-batched"
+        self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{length}{batched}"
         self.identity = (
-            f"cross-encoder|{model_fingerprint(e.path)}|len={e.max_length}|{dtype_name}|act={activation}"
+            f"cross-encoder|{model_identity(e.path, revision)}|len={e.max_length}|{self.dtype}|act={activation}"
+            f"|{'invariant' if e.batch_invariant else 'batched'}|code={scoring_code('engine')}"
         )
+        self.settings = {
+            "max_length": e.max_length,
+            "model_max_length": e.declared_max_length,
+            "dtype": self.dtype,
+        }
+        self.device = e.device
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         return self.engine.score_pairs([(query.text, d.full_text) for d in docs]).tolist()

@@ -3,7 +3,10 @@
 ``mode=listwise`` (default) is RankGPT's sliding window: windows of ``window`` documents, moved ``step`` at a time
 from the bottom of the list to the top (RankLLM's setting: 20 and 10); the model answers with a permutation and the
 documents' final order becomes their scores (``pointwise = False``: those scores are not reused across depths).
-``mode=pointwise`` asks for a 0-3 grade per document, in batches.
+``mode=pointwise`` asks for a 0-3 grade per document, ``batch_size`` documents a request. With ``batch_size=1`` a
+grade depends on its document alone (``pointwise = True``: grades go through the score cache and serve every
+depth); with more, a grade depends on the documents that share its prompt, so the reranker is not pointwise and its
+grades are never reused across lists (the response cache still keys each answer by its whole prompt).
 
 Documents are fenced (``<passage id="3">...</passage>``, angle brackets escaped) and the system prompt says that
 passage text is data, so an instruction planted in a document is not one to the model; whatever comes back is
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 
 from ..engine import cache_root
 from ..errors import ConfigError
+from ..provenance import scoring_code
 from ..types import Doc, Query
 from .api import RateLimiter, RerankerCallError, ResponseCache, Usage, api_key, describe, refuse_key, require
 
@@ -69,7 +73,7 @@ class LLMReranker:
         model: the model id (the exact id the API answers with is logged as a tag).
         mode: ``listwise`` or ``pointwise``.
         window, step: the sliding window (listwise).
-        batch_size: documents per request (pointwise).
+        batch_size: documents per request (pointwise); 1 makes the grades truly pointwise (see above).
         api_key_env, base_url, timeout, max_retries, requests_per_minute: as for ``CohereReranker``.
         max_tokens, temperature: generation settings (temperature 0 for repeatable rankings).
         max_passage_chars: passage text beyond this is cut before it is sent.
@@ -119,15 +123,24 @@ class LLMReranker:
         self.limiter = RateLimiter(requests_per_minute)
         self.usage = Usage()
         self.responses = ResponseCache(cache or cache_root() / "responses.sqlite", cache_enabled)
-        self.pointwise = mode == "pointwise"
+        if batch_size < 1:
+            raise ConfigError(f"reranker.batch_size must be at least 1, got {batch_size}")
+        self.pointwise = mode == "pointwise" and batch_size == 1
         self.api_key_env = api_key_env
-        self.name = f"llm-{mode}-{model}"
+        self.base_url = base_url or "https://api.anthropic.com"
+        self.device = f"api:{self.base_url}"
+        self.name = f"llm-{mode}{'' if mode == 'listwise' or batch_size == 1 else f'-b{batch_size}'}-{model}"
         prompts = ResponseCache.key(system, listwise_prompt, pointwise_prompt, max_passage_chars)[:12]
-        self.identity = f"llm|{model}|{mode}|w={window}|s={step}|t={temperature}|prompts={prompts}"
+        self.identity = (
+            f"llm|{self.base_url}|{model}|{mode}|w={window}|s={step}|b={batch_size}|t={temperature}"
+            f"|max_tokens={max_tokens}|prompts={prompts}|code={scoring_code('rerankers/llm')}"
+        )
 
     # -- one request ---------------------------------------------------------------------------------------------
     def _ask(self, user: str, query_id: str) -> str:
-        key = ResponseCache.key(self.model, self.temperature, self.max_tokens, self.system, user)
+        key = ResponseCache.key(
+            self.base_url, self.model, self.temperature, self.max_tokens, self.system, user
+        )
         hit = self.responses.get(key)
         if hit is not None:
             self.usage.add(api_cached=1)

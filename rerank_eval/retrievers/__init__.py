@@ -11,6 +11,11 @@ from ..types import Query, Ranking
 
 class Retriever(Protocol):
     name: str
+    full_corpus: bool  # searches the whole corpus (refused over a pool corpus); False: replays a saved run
+
+    def identity(
+        self, dataset: Dataset
+    ) -> str: ...  # what its rankings depend on beyond the config (contents)
 
     def index(self, dataset: Dataset) -> None: ...
     def retrieve(self, queries: Sequence[Query], k: int) -> Ranking: ...

@@ -41,6 +41,17 @@ class BM25Retriever:
         self.name = f"bm25-{backend}"
         self._ids: list[str] = []
 
+    full_corpus = True
+
+    def identity(self, dataset: Dataset) -> str:
+        from importlib.metadata import version
+
+        lib = "bm25s" if self.backend == "bm25s" else "rank-bm25"
+        return (
+            f"bm25|{lib}={version(lib)}|k1={self.k1}|b={self.b}|{self.method}|{self.stemmer_name}|"
+            f"{self.stopwords}|corpus={dataset.corpus_fingerprint}"
+        )
+
     def _tokenizer(self):
         import bm25s
 

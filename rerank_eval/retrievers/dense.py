@@ -24,18 +24,29 @@ class DenseRetriever:
         self,
         model: str = MINILM_ID,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "fp32",
         batch_size: int = 128,
         max_length: int | None = None,
         query_prefix: str = "",
         doc_prefix: str = "",
+        batch_invariant: bool = True,
     ):
         self.encoder = shared_bi_encoder(
-            model, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_length=max_length,
+            batch_invariant=batch_invariant,
         )
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
         self.name = f"dense-{model.rsplit('/', 1)[-1]}"
         self._ids: list[str] = []
+
+    full_corpus = True
+
+    def identity(self, dataset: Dataset) -> str:
+        return f"dense|{self.encoder.identity}|{self.query_prefix!r}|{self.doc_prefix!r}"
 
     def index(self, dataset: Dataset) -> None:
         self._ids, self._emb = self.encoder.encode_corpus(dataset, prefix=self.doc_prefix)

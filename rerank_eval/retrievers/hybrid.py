@@ -41,6 +41,11 @@ class HybridRetriever:
         self.method, self.norm, self.params, self.depth = method, norm, dict(params or {}), int(depth)
         self.name = f"hybrid-{method}({sparse.name},{dense.name})"
 
+    full_corpus = True
+
+    def identity(self, dataset: Dataset) -> str:
+        return f"hybrid|{self.sparse.identity(dataset)}|{self.dense.identity(dataset)}"
+
     def index(self, dataset: Dataset) -> None:
         self.sparse.index(dataset)
         self.dense.index(dataset)

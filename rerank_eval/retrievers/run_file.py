@@ -67,6 +67,17 @@ class RunFileRetriever:
         self.name = f"run-{name or self.path.stem}"
         self._run: dict[str, list[tuple[str, int, float]]] = {}
 
+    full_corpus = False
+
+    def identity(self, dataset: Dataset) -> str:
+        """The run file's content hash: a run edited in place is a different first stage."""
+        from ..provenance import file_hash
+
+        path = self._resolve(dataset)
+        if not path.is_file():
+            raise DataError(f"run file {path} does not exist; pass retriever.path=<TREC run file>")
+        return f"run|{file_hash(path)}"
+
     def _resolve(self, dataset: Dataset) -> Path:
         if self.path is not None:
             return self.path
