@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         results = Path(args.results)
         results.mkdir(parents=True, exist_ok=True)
         records = records_from_dirs(dirs)
-        for r, (_, stage, rr, _) in zip(records, jobs, strict=True):  # the study's own labels
-            r.first_stage_name, r.reranker = stage, rr
+        for r, d, (_, stage, rr, _) in zip(records, dirs, jobs, strict=True):  # the study's own labels
+            dtype = json.loads((d / "metrics.json").read_text())["origin"].get("reranker.dtype")
+            r.first_stage_name, r.reranker = stage, f"{rr} ({dtype})" if dtype else rr
         frame = comparison_frame(records)
         scored = int(
             sum(json.loads((d / "metrics.json").read_text())["counts"]["pairs_scored"] for d in dirs)
@@ -121,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"Command: `make bench`: {len(jobs)} jobs at candidate depth 100, {elapsed / 60:.1f} min wall on this "
             f"machine ({scored:,} query-document pairs scored; the rest came from the score cache). Cross-encoder: "
-            f"`{Path(cfg['cross_encoder']).name}`, max length 256. Significance: paired t-test of nDCG@10 against "
-            "each job's own first stage, Holm-adjusted across the reranked jobs; † marks p < 0.05. MLflow parent "
+            f"`{Path(cfg['cross_encoder']).name}`, max length 256; models in the dtype the reranker column names, "
+            "one pair a forward (scores independent of batching). Significance: paired t-test of nDCG@10 against "
+            "each job's own first stage, Holm-adjusted across the distinct comparisons; † marks p < 0.05. "
+            "Reranker ms/query: measured on the job's own fresh calls, or on a fresh probe sample of 10 queries "
+            "(ᵖ) where its scores came from the cache. MLflow parent "
             f"run `{parent}` in experiment `{cfg['experiment']}`.",
             "",
             markdown_table(frame),

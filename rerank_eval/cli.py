@@ -150,6 +150,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
             no_relevant=plain.get("no_relevant", "keep"),
             allow_pool=plain.get("allow_pool", False),
             latency_probe=_count(plain, "latency", "probe", 10),
+            latency_probe_api=_count(plain, "latency", "probe_api", 0),
             context_tokenizer=plain.get("context_tokenizer"),
         )
     finally:

@@ -59,7 +59,8 @@ FINAL_MEASURES = (
     "recall",
 )  # evaluated at top_k on the final list (a RAG prompt's context)
 TOP_K_KEYS = ("top_k", "final_metrics", "context_tokenizer")  # config keys that only change the final cut
-_CANDIDATE_RUNS: dict[str, PipelineResult] = {}  # pipeline results by comparison id, shared by top_k siblings
+# the last job's pipeline result by comparison id: a job that differs from it only in top_k shares its scoring
+_CANDIDATE_RUNS: dict[str, tuple[str, PipelineResult]] = {}
 
 
 def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
@@ -123,6 +124,7 @@ def run_experiment(
     no_relevant: str = "keep",
     allow_pool: bool = False,
     latency_probe: int = 10,
+    latency_probe_api: int = 0,
     context_tokenizer: str | None = MINILM_ID,
 ) -> JobResult:
     """Run, evaluate, write and track one pipeline.
@@ -141,6 +143,7 @@ def run_experiment(
             mean) or ``drop`` (left out of every mean and test).
         allow_pool: run a full-corpus first stage over a dataset whose corpus is only a pool (recorded).
         latency_probe: queries timed afresh when some scores came from a cache (0: report no latency then).
+        latency_probe_api: the same for API rerankers (their probe requests are paid for; default 0).
         context_tokenizer: the tokenizer ``context_tokens`` counts with (None: not counted).
 
     Raises:
@@ -177,6 +180,7 @@ def run_experiment(
         "no_relevant": no_relevant,
         "allow_pool": allow_pool,
         "latency_probe": latency_probe,
+        "latency_probe_api": latency_probe_api,
     }
     ingredients = {
         "dataset": dataset.fingerprint,
@@ -203,9 +207,9 @@ def run_experiment(
     if tracker is not None and tracker.close_stale(fp):
         log.info("%s: the run an earlier, killed attempt left RUNNING in MLflow is marked KILLED", name)
     started, t0 = time.time(), time.perf_counter()
-    res = _CANDIDATE_RUNS.get(comparison)
-    shared = res is not None
-    if res is None:
+    last_fp, res = _CANDIDATE_RUNS.get(comparison, (None, None))
+    shared = res is not None and last_fp != fp  # a top_k sibling; the very same job asked again runs again
+    if not shared:
         res = run_pipeline(
             dataset,
             retriever,
@@ -216,9 +220,10 @@ def run_experiment(
             progress=progress,
             on_failure=on_failure,
             latency_probe=latency_probe,
+            latency_probe_api=latency_probe_api,
         )
         _CANDIDATE_RUNS.clear()  # one is enough: sweeps list top_k innermost
-        _CANDIDATE_RUNS[comparison] = res
+        _CANDIDATE_RUNS[comparison] = (fp, res)
     else:
         log.info(
             "%s: same candidates as the job just run (only top_k differs): its scoring and timing reused",

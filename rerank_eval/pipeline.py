@@ -74,6 +74,7 @@ def run_pipeline(
     progress: bool = True,
     on_failure: str = "fail",
     latency_probe: int = 10,
+    latency_probe_api: int = 0,
 ) -> PipelineResult:
     """Run one pipeline over the dataset's queries.
 
@@ -89,6 +90,8 @@ def run_pipeline(
             what was scored is in the cache, so a rerun resumes) or gets an empty list that scores 0 (``zero``).
         latency_probe: when some queries' scores came from a cache, how many queries to time afresh at this depth
             (``probe_latency``); 0 reports no reranker latency for such a job.
+        latency_probe_api: the same for API rerankers (those with ``usage``), whose probe requests cost money:
+            0 by default, so a rerun served from the caches sends nothing.
 
     Returns:
         PipelineResult with the three rankings, per-query latencies and cache counts.
@@ -124,7 +127,8 @@ def run_pipeline(
         if len(result.rerank_ms) == len(queries):
             result.latency_source = "measured"
         else:
-            probe_latency(dataset, reranker, queries, result, latency_probe)
+            api = getattr(reranker, "usage", None) is not None
+            probe_latency(dataset, reranker, queries, result, latency_probe_api if api else latency_probe)
     result.final = {q: hits[:top_k] for q, hits in result.reranked.items()}
     return result
 

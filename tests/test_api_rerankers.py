@@ -240,7 +240,9 @@ def test_ask_prints_the_reranked_documents_and_an_answer(tmp_path, monkeypatch):
         )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "top 2 of 5 candidates (bm25-bm25s -> ce-scifact-minilm-l6-ce) for: what do cats eat"
+    assert (
+        lines[0] == "top 2 of 5 candidates (bm25-bm25s -> ce-scifact-minilm-l6-ce-fp32) for: what do cats eat"
+    )
     assert lines[1].startswith("  1. [") and " d4: Cat food what cats eat" in lines[1]
     assert "answer (claude-sonnet-4-20250514):" in proc.stdout and len(emu.requests) == 1
     assert "Answer the query from the passages" in emu.bodies[0]["messages"][0]["content"]

@@ -56,17 +56,20 @@ def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
         "candidates=4",
         "top_k=2",
     )
-    assert "tiny/bm25-bm25s/ce-scifact-minilm-l6-ce@4/top2: ndcg@10=" in proc.stdout
+    assert "tiny/bm25-bm25s/ce-scifact-minilm-l6-ce-fp32-len128@4/top2: ndcg@10=" in proc.stdout
     client, found = runs(tmp_path)
     assert len(found) == 1
     run = found[0]
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert p["candidates"] == "4" and p["top_k"] == "2" and p["reranker.model"] == str(CE_MODEL)
-    assert p["metrics"].startswith("['ndcg@1'") and "recall@2" in p["metrics"]
+    assert p["metrics"].startswith("['ndcg@1'") and p["final_metrics"] == "['ndcg', 'precision', 'recall']"
     for key in (
         "ndcg_at_10",
         "mrr_at_10",
         "recall_at_2",
+        "precision_at_2",
+        "context_precision",
+        "context_tokens",
         "recall_at_100",
         "map_at_100",
         "judged_at_10",
@@ -81,10 +84,20 @@ def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
     ):
         assert key in m, key
     assert m["pairs_scored"] == 8  # 2 judged queries x 4 candidates
-    assert t["dataset"] == "tiny" and t["reranker"] == "ce-scifact-minilm-l6-ce" and t["git_commit"]
+    assert (
+        t["dataset"] == "tiny" and t["reranker"] == "ce-scifact-minilm-l6-ce-fp32-len128" and t["git_commit"]
+    )
     assert t["reranker_identity"].startswith("cross-encoder|") and "version.ranx" in t
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"run.trec", "first_stage.trec", "per_query.csv", "config.yaml", ".hydra"} <= arts
+    assert {
+        "run.trec",
+        "run.scores.tsv",
+        "first_stage.trec",
+        "per_query.csv",
+        "config.yaml",
+        ".hydra",
+    } <= arts
+    assert t["latency_source"] == "measured" and t["code_version"] and t["latency_device"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")} >= {".hydra/config.yaml"}
     out = tmp_path / "out"
     summary = json.loads((out / "metrics.json").read_text())

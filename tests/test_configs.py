@@ -88,6 +88,20 @@ def test_every_pipeline_instantiates(retriever, reranker, monkeypatch):
         assert comps.reranker.identity and comps.reranker.pointwise in (True, False)
 
 
+def test_the_shipped_cross_encoder_default_is_a_hub_id_that_fails_offline_in_one_line(monkeypatch):
+    """The default names cross-encoder/ms-marco-MiniLM-L-6-v2: offline it is refused with the fix, not scored."""
+    from rerank_eval.errors import BackendUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg("reranker=cross_encoder", "dataset=msmarco-dl19")
+    assert cfg.reranker.model == "cross-encoder/ms-marco-MiniLM-L-6-v2" and cfg.reranker.dtype == "fp32"
+    with pytest.raises(BackendUnavailableError) as err:
+        build_components(cfg)
+    msg = str(err.value)
+    assert "cross-encoder/ms-marco-MiniLM-L-6-v2" in msg and "pass a local model folder" in msg
+    assert "\n" not in msg
+
+
 def test_train_config_composes():
     cfg = compose_cfg("dataset=scifact", name="train")
     assert cfg.dataset.split == "train" and cfg.dataset.irds_id == "beir/scifact/train"

@@ -1,8 +1,11 @@
 """Fine-tuning on a tiny budget produces a model the cross-encoder reranker loads."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import DATA, ROOT
 
 from rerank_eval.datasets import BeirDirDataset
@@ -40,9 +43,25 @@ def test_tiny_training_run_writes_a_loadable_model(tmp_path):
     assert info["steps"] == 3 and info["groups"] >= 8
     assert json.loads((out / "train_info.json").read_text())["settings"]["negatives"] == 3
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+    # the saved model is what sentence-transformers loads, the harness scores it as predict does, and the three
+    # steps changed the weights of the body it started from
+    from safetensors.numpy import load_file
+    from sentence_transformers import CrossEncoder
+
+    from rerank_eval.engine import resolve_model
+
     rr = CrossEncoderReranker(str(out), max_length=64)
-    scores = rr.score(Query("q", "cells"), [Doc("a", "cell biology"), Doc("b", "stock markets")])
-    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+    docs = [Doc("a", "cell biology of the nucleus"), Doc("b", "stock markets fell")]
+    scores = rr.score(Query("q", "cells"), docs)
+    ref = CrossEncoder(str(out), max_length=64, activation_fn=torch.nn.Identity()).predict(
+        [("cells", d.text) for d in docs]
+    )
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
+    trained = load_file(str(out / "model.safetensors"))
+    base = load_file(str(Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2")) / "model.safetensors"))
+    name = next(k for k in trained if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    start = base[name.removeprefix("bert.")] if name.removeprefix("bert.") in base else base[name]
+    assert np.abs(trained[name] - start).max() > 0
     with pytest.raises(ConfigError, match="already holds a model"):
         train_cross_encoder(ds, BM25Retriever(), out, TrainSettings(max_steps=1))
 

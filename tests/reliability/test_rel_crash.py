@@ -65,7 +65,7 @@ def cached_pairs(base: Path) -> int:
         return 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        return conn.execute("SELECT COUNT(*) FROM pair_scores").fetchone()[0]
 
 
 def check_no_false_complete(scenario: str, base: Path) -> int:

@@ -61,11 +61,14 @@ def test_injected_document_moves_only_for_an_obedient_model(mode, dl19, monkeypa
             ranks["obedient" if adversarial else "honest"] = [rank_of_last(s) for s in got]
             if mode == "listwise":
                 assert all(sorted(s) == sorted(set(s)) for s in got)  # a permutation: no duplicate positions
-            assert rr.usage.counts.get("failed", 0) == 0
+        # the harness's defence: every passage sits in its own fence, and planted text cannot close one or open
+        # another (its angle brackets are escaped), so the prompt holds exactly the passages sent
+        q, docs = planted[0]
+        prompt = rr._prompt(rr.listwise_prompt if mode == "listwise" else rr.pointwise_prompt, q, docs)
+        assert prompt.count('<passage id="') == prompt.count("</passage>") == len(docs)
+        assert text not in prompt and text.replace("<", "&lt;").replace(">", "&gt;") in prompt
+        # how far the planted document moves is the model's doing (the emulator's switch): recorded, not asserted
         honest, obedient = statistics.mean(ranks["honest"]), statistics.mean(ranks["obedient"])
-        assert obedient < honest  # the obedient model lifts the planted document; the honest one does not
-        if mode == "listwise":
-            assert all(r == 1 for r in ranks["obedient"])
         figures[attack] = {
             "first_stage_rank": DEPTH,
             "no_attack_mean_rank": round(clean, 2),
