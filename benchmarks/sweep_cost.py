@@ -28,7 +28,7 @@ JOB = [
 ]
 
 
-REPEATS = 3
+REPEATS = int(os.environ.get("SWEEP_COST_REPEATS", "3"))
 
 
 def _seconds(values: list[float]) -> str:
