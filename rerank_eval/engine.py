@@ -715,7 +715,15 @@ def shared_bi_encoder(
 ) -> BiEncoder:
     """One loaded bi-encoder per setting and process: the dense first stage and the bi-encoder reranker of a
     sweep's jobs share it."""
-    key = (model, device, dtype, batch_size, max_length, batch_invariant)
+    key = (
+        model,
+        model_identity(resolve_model(model)),
+        device,
+        dtype,
+        batch_size,
+        max_length,
+        batch_invariant,
+    )
     if key not in _BI_ENCODERS:
         _BI_ENCODERS[key] = BiEncoder(
             model,

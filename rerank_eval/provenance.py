@@ -61,11 +61,12 @@ def hub_snapshot(model_id: str, revision: str | None = None) -> Path | None:
         return None
 
 
-@functools.cache
 def model_identity(resolved: str, revision: str | None = None) -> str:
     """What a model's scores depend on: the hash of a local folder's weight and config files; for a hub id, the
     same hash of the cached snapshot with the commit it came from (``id@commit#hash``). A hub id that is not in
-    the cache (it has not been loaded yet) is named with the revision asked for."""
+    the cache (it has not been loaded yet) is named with the revision asked for. Not memoized: files rewritten
+    in place (a model trained again into the same folder) change it within one process too; each file's hash is
+    memoized while its size and modification time stay the same."""
     p = Path(resolved)
     if p.is_dir():
         return folder_hash(p)

@@ -155,7 +155,7 @@ def comparison_frame(
                 "ties": int((np.abs(diff) <= 1e-9).sum()),
                 "losses": int((diff < -1e-9).sum()),
                 "run": r.run_id or "",
-                "comparison": f"{r.comparison}|{metric}",
+                "comparison": f"{r.comparison or r.name}|{metric}",
             }
         )
     frame = pd.DataFrame(rows)

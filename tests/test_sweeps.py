@@ -48,6 +48,7 @@ def record(name, reranker, reranked, first, ms=10.0):
         {"ndcg@10": float(np.mean(first))},
         {"reranker_ms_mean": ms},
         pq,
+        latency_source="measured",
     )
 
 

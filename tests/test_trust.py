@@ -120,7 +120,7 @@ def test_the_final_list_is_evaluated_at_top_k_and_top_k_siblings_share_one_compa
 
 def test_holm_counts_each_distinct_comparison_once():
     from rerank_eval.evaluation import paired_test
-    from rerank_eval.report import JobRecord, comparison_frame, distinct_comparisons, holm
+    from rerank_eval.report import JobRecord, comparison_frame, distinct_comparisons, holm, markdown_table
 
     rng = np.random.default_rng(0)
     first = rng.uniform(0, 1, 30)
@@ -152,7 +152,13 @@ def test_holm_counts_each_distinct_comparison_once():
         rec("x", 10, gains["x"]),
         rec("y", 5, gains["y"]),
     ]
+    records[0].latency, records[1].latency = {"reranker_ms_mean": 12.0}, {"reranker_ms_mean": 14.0}
+    records[1].latency_source, records[2].latency_source = "probe", "none"
     frame = comparison_frame(records)
+    rows = markdown_table(frame, metrics=["ndcg@10"]).splitlines()[2:]
+    assert (
+        "| 12.0 |" in rows[0] and "| 14.0 ᵖ |" in rows[1] and "| n/a |" in rows[2]
+    )  # never a replayed latency
     assert distinct_comparisons(frame) == 2
     want = holm([paired_test(gains["x"], first), paired_test(gains["y"], first)])
     assert frame["p (Holm)"].tolist() == pytest.approx([want[0]] * 3 + [want[1]])
@@ -248,7 +254,7 @@ def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
         "corpus": lambda: append(data / "corpus.jsonl", '{"_id": "d9", "title": "", "text": "new"}\n'),
         "queries": lambda: append(data / "queries.jsonl", '{"_id": "q9", "text": "unjudged"}\n'),
         "qrels": lambda: (data / "qrels" / "test.tsv").write_text(
-            "\n".join((data / "qrels" / "test.tsv").read_text().splitlines()[:-1]) + "\n"
+            (data / "qrels" / "test.tsv").read_text().replace("q1\td1\t1", "q1\td1\t2")
         ),
         "run file": lambda: run_file.write_text(run_file.read_text().replace(" 1 ", " 1 ", 1) + "\n"),
         "model files": lambda: (model / "extra_config.json").write_text("{}"),
@@ -291,22 +297,21 @@ def test_endpoints_and_generation_settings_are_in_the_api_identities(monkeypatch
 
 
 def test_a_hub_model_is_identified_by_its_snapshot_commit_and_files(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from rerank_eval.provenance import model_identity
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     repo = tmp_path / "models--org--reranker"
     snap = repo / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
     (snap / "config.json").write_text('{"x": 1}')
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
-    model_identity.cache_clear()
     first = model_identity("org/reranker")
     assert first.startswith(f"org/reranker@{'a' * 40}#")
     (snap / "config.json").write_text('{"x": 2}')
-    model_identity.cache_clear()
     assert model_identity("org/reranker") != first
-    model_identity.cache_clear()
     assert model_identity("org/not-cached") == "org/not-cached@main"
 
 
@@ -554,7 +559,7 @@ def test_queries_without_relevant_documents_are_counted_and_kept_as_trec_eval_ke
 
 
 def test_full_corpus_first_stages_over_a_pool_are_refused_unless_asked(tmp_path):
-    with pytest.raises(ConfigError, match="only a pool .* retriever=run"):
+    with pytest.raises(ConfigError, match="only a pool.*retriever=run"):
         job(tmp_path / "a", "dataset=msmarco-dl19", "retriever=bm25", "reranker=none", "mlflow.enabled=false")
     pool = [
         "dataset=beir_dir",

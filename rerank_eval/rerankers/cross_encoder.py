@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..engine import CrossEncoderEngine, dtype_name
+from ..engine import CrossEncoderEngine, dtype_name, resolve_model
 from ..provenance import model_identity, scoring_code
 from ..types import Doc, Query
 
@@ -36,7 +36,8 @@ class CrossEncoderReranker:
         batch_invariant: bool = True,
         revision: str | None = None,
     ):
-        key = (model, max_length, device, dtype, batch_tokens, activation, batch_invariant)
+        files = model_identity(resolve_model(model), revision)  # a model rewritten in place is loaded again
+        key = (model, files, max_length, device, dtype, batch_tokens, activation, batch_invariant)
         if key not in _ENGINES:  # one loaded model per process: the jobs of a sweep share it
             _ENGINES[key] = CrossEncoderEngine(
                 model,
@@ -55,7 +56,7 @@ class CrossEncoderReranker:
         batched = "" if e.batch_invariant else "-batched"
         self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{length}{batched}"
         self.identity = (
-            f"cross-encoder|{model_identity(e.path, revision)}|len={e.max_length}|{self.dtype}|act={activation}"
+            f"cross-encoder|{files}|len={e.max_length}|{self.dtype}|act={activation}"
             f"|{'invariant' if e.batch_invariant else 'batched'}|code={scoring_code('engine')}"
         )
         self.settings = {
