@@ -46,7 +46,7 @@ def main() -> None:
         rows.append(f"| {what} | {s:.4f} | {len(pairs) / s:,.0f} |")
         print(rows[-1], flush=True)
 
-    eng = CrossEncoderEngine(args.model, device=args.device)
+    eng = CrossEncoderEngine(args.model, device=args.device, dtype="auto", batch_invariant=False)
     fast = eng._fast
 
     def encode(ts):
@@ -76,7 +76,14 @@ def main() -> None:
 
     for workers in (1, 2, 4):
         for chunk in (1024, 2048, 4096):
-            e = CrossEncoderEngine(args.model, device=args.device, prep_workers=workers, chunk_pairs=chunk)
+            e = CrossEncoderEngine(
+                args.model,
+                device=args.device,
+                prep_workers=workers,
+                chunk_pairs=chunk,
+                dtype="auto",
+                batch_invariant=False,
+            )
             run(e)
             row(
                 f"score_pairs, cold store, {workers} prep threads, chunks up to {chunk}",

@@ -264,7 +264,8 @@ def probe_latency(
         usage.counts.update(before)
         result.probe.update({f"probe_{k}": v for k, v in spent.items()})
     result.rerank_ms, result.latency_source = timings, "probe"
-    result.probe.update(probe_queries=float(len(sample)), probe_max_abs_diff=worst)
+    pairs = float(sum(len(result.first_stage[q.query_id]) for q in sample))
+    result.probe.update(probe_queries=float(len(sample)), probe_pairs=pairs, probe_max_abs_diff=worst)
     if worst > 0 and getattr(getattr(reranker, "engine", None), "batch_invariant", False):
         raise RerankEvalError(
             f"{reranker.name}: scores computed now differ from the cached ones by up to {worst:.3g} for the same "

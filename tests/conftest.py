@@ -19,6 +19,10 @@ DL19_CE = [  # DL19's shipped BM25 run reranked by the shared cross-encoder: the
     "reranker=cross_encoder",
     f"reranker.model={CE_MODEL}",
     "reranker.max_length=128",
+    # the plumbing tests (crashes, sweeps, load) run the throughput mode, packed bf16 batches; the default
+    # (fp32, one pair a forward) is what tests/test_trust.py checks
+    "reranker.dtype=bf16",
+    "reranker.batch_invariant=false",
 ]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

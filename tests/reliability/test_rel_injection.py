@@ -66,7 +66,8 @@ def test_injected_document_moves_only_for_an_obedient_model(mode, dl19, monkeypa
         q, docs = planted[0]
         prompt = rr._prompt(rr.listwise_prompt if mode == "listwise" else rr.pointwise_prompt, q, docs)
         assert prompt.count('<passage id="') == prompt.count("</passage>") == len(docs)
-        assert text not in prompt and text.replace("<", "&lt;").replace(">", "&gt;") in prompt
+        assert text.replace("<", "&lt;").replace(">", "&gt;") in prompt
+        assert ("<" not in text) or text not in prompt
         # how far the planted document moves is the model's doing (the emulator's switch): recorded, not asserted
         honest, obedient = statistics.mean(ranks["honest"]), statistics.mean(ranks["obedient"])
         figures[attack] = {
