@@ -179,11 +179,13 @@ def test_latency_is_measured_fresh_probed_from_the_cache_or_absent(tmp_path):
         "mlflow.enabled=false",
         "resume=false",
     ]
-    fresh = job(tmp_path / "a", *base, "candidates=5", "top_k=2")
+    fresh = job(tmp_path / "a", *base, "candidates=3", "top_k=2")
     assert fresh.latency_source == "measured" and fresh.counts["latency_queries"] == 2
-    shallow = job(
-        tmp_path / "b", *base, "candidates=3", "top_k=2"
-    )  # every score from the depth-5 job's cache
+    # deeper: 3 of each query's 5 candidates are cached, so no call scored a whole list at this depth: probed
+    deeper = job(tmp_path / "d", *base, "candidates=5", "top_k=2")
+    assert deeper.counts["pairs_scored"] == 4 and deeper.latency_source == "probe"
+    assert deeper.counts["probe_pairs"] == 10
+    shallow = job(tmp_path / "b", *base, "candidates=4", "top_k=2")  # every score from the cache
     assert shallow.counts["pairs_scored"] == 0 and shallow.latency_source == "probe"
     assert shallow.counts["probe_queries"] == 2 and shallow.counts["probe_max_abs_diff"] == 0.0
     assert shallow.latency["reranker_ms_mean"] > 0
