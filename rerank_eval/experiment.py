@@ -394,9 +394,11 @@ def _tokenizer(name: str):
     from .engine import load_error, resolve_model
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
+        tok = AutoTokenizer.from_pretrained(resolve_model(name))
     except (OSError, ValueError) as e:
         raise load_error(name, e) from e
+    tok.model_max_length = 1 << 40  # it only counts tokens: no model-length warning for long documents
+    return tok
 
 
 def _reuse(

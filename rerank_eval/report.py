@@ -99,6 +99,14 @@ def records_from_mlflow(
             max_results=5000,
             order_by=["attributes.start_time ASC"],
         )
+        if parent:  # jobs a resumed sweep reused belong to an earlier parent; this one lists them in its tags
+            tags = tracker.client.get_run(parent).data.tags
+            have = {r.info.run_id for r in runs}
+            runs += [
+                tracker.client.get_run(k.removeprefix("reused."))
+                for k in sorted(tags)
+                if k.startswith("reused.") and k.removeprefix("reused.") not in have
+            ]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:

@@ -38,7 +38,10 @@ class BM25Retriever:
             raise ConfigError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self.k1, self.b, self.method, self.backend = k1, b, method, backend
         self.stemmer_name, self.stopwords = stemmer, stopwords
-        self.name = f"bm25-{backend}"
+        defaults = {"k1": 0.9, "b": 0.4, "method": "lucene", "stemmer": "english", "stopwords": "en"}
+        given = {"k1": k1, "b": b, "method": method, "stemmer": stemmer, "stopwords": stopwords}
+        changed = "".join(f"-{k}={v}" for k, v in given.items() if v != defaults[k])
+        self.name = f"bm25-{backend}{changed}"  # the parameters that differ from the defaults are in the name
         self._ids: list[str] = []
 
     full_corpus = True

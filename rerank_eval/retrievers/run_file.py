@@ -64,7 +64,10 @@ class RunFileRetriever:
                 "retriever=run needs retriever.name=<shipped run> or retriever.path=<TREC run file>"
             )
         self.run_name, self.path = name, Path(path).expanduser() if path else None
-        self.name = f"run-{name or self.path.stem}"
+        # the name says which run: the file's own stem when a path is given (it wins over name)
+        self.name = (
+            f"run-{self.path.name.removesuffix('.trec').removesuffix('.top100') if self.path else name}"
+        )
         self._run: dict[str, list[tuple[str, int, float]]] = {}
 
     full_corpus = False
