@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import pytrec_eval
-from conftest import CE_MODEL, TINY
+from conftest import CE_MODEL, DL19_CE, TINY
 
 from rerank_eval.cli import CONF_DIR, run_from_config
 from rerank_eval.datasets import BeirDirDataset
@@ -23,6 +23,18 @@ from rerank_eval.experiment import run_experiment
 from rerank_eval.retrievers.bm25 import BM25Retriever
 from rerank_eval.retrievers.run_file import RunFileRetriever
 
+# the tiny collection reranked by the shared cross-encoder in the evaluation default (fp32, one pair a forward)
+TINY_CE = [
+    "dataset=beir_dir",
+    f"dataset.path={TINY}",
+    "dataset.name=tiny",
+    "retriever=bm25",
+    "reranker=cross_encoder",
+    f"reranker.model={CE_MODEL}",
+    "reranker.max_length=128",
+    "mlflow.enabled=false",
+    "resume=false",
+]
 DL19_RUNS = ["bm25", "bm25-rm3", "distilbert-kd-tasb", "openai-ada2", "splade-pp-ed"]
 
 
@@ -70,6 +82,21 @@ def rescore(run_file: Path, qrels, metrics, level):
     for row in ir_measures.iter_calc(measures, qrels, run):
         out.setdefault(str(row.measure), {})[row.query_id] = row.value
     return {m.name: out[str(ir_measure(m, level))] for m in metrics}
+
+
+def bm25_job(dataset, out, metrics, **kw):
+    """BM25's top 5 with no reranker, cut to 2, no context tokens: the plain job of the judgement tests."""
+    return run_experiment(
+        dataset,
+        BM25Retriever(),
+        None,
+        candidates=5,
+        top_k=2,
+        metrics=metrics,
+        output_dir=out,
+        context_tokenizer=None,
+        **kw,
+    )
 
 
 # -- 1. the final list -----------------------------------------------------------------------------------------
@@ -168,17 +195,7 @@ def test_holm_counts_each_distinct_comparison_once():
 
 
 def test_latency_is_measured_fresh_probed_from_the_cache_or_absent(tmp_path):
-    base = [
-        "dataset=beir_dir",
-        f"dataset.path={TINY}",
-        "dataset.name=tiny",
-        "retriever=bm25",
-        "reranker=cross_encoder",
-        f"reranker.model={CE_MODEL}",
-        "reranker.max_length=128",
-        "mlflow.enabled=false",
-        "resume=false",
-    ]
+    base = TINY_CE
     fresh = job(tmp_path / "a", *base, "candidates=3", "top_k=2")
     assert fresh.latency_source == "measured" and fresh.counts["latency_queries"] == 2
     # deeper: 3 of each query's 5 candidates are cached, so no call scored a whole list at this depth: probed
@@ -196,19 +213,7 @@ def test_latency_is_measured_fresh_probed_from_the_cache_or_absent(tmp_path):
 
 
 def test_a_probe_finds_a_stale_cache(tmp_path):
-    base = [
-        "dataset=beir_dir",
-        f"dataset.path={TINY}",
-        "dataset.name=tiny",
-        "retriever=bm25",
-        "reranker=cross_encoder",
-        f"reranker.model={CE_MODEL}",
-        "reranker.max_length=128",
-        "mlflow.enabled=false",
-        "resume=false",
-        "candidates=3",
-        "top_k=1",
-    ]
+    base = [*TINY_CE, "candidates=3", "top_k=1"]
     job(tmp_path / "a", *base)
     with sqlite3.connect(Path(os.environ["RERANK_EVAL_CACHE"]) / "scores.sqlite") as conn:
         conn.execute("UPDATE pair_scores SET score = score + 1")
@@ -399,16 +404,9 @@ def test_nan_scores_are_an_error_naming_the_reranker_and_the_query(tmp_path):
 
 
 def test_a_job_scored_fresh_equals_the_same_job_served_from_a_deeper_jobs_cache(tmp_path, monkeypatch):
-    ce = [
-        "dataset=msmarco-dl19",
-        "retriever=run",
-        "retriever.name=bm25",
-        "reranker=cross_encoder",
-        f"reranker.model={CE_MODEL}",
-        "reranker.max_length=128",
-        "mlflow.enabled=false",
-        "latency.probe=0",
-    ]
+    # the suite's DL19 workload in the evaluation default (conftest's runs the throughput mode)
+    ce = [*(a for a in DL19_CE if not a.startswith(("reranker.dtype", "reranker.batch_invariant")))]
+    ce += ["mlflow.enabled=false", "latency.probe=0"]
     monkeypatch.setenv("RERANK_EVAL_CACHE", str(tmp_path / "fresh"))
     fresh = job(tmp_path / "fresh-10", *ce, "candidates=10", "top_k=10")
     monkeypatch.setenv("RERANK_EVAL_CACHE", str(tmp_path / "deep"))
@@ -499,28 +497,10 @@ def test_judged_at_k_is_absent_where_qrels_hold_only_positives(tmp_path):
     lines = (data / "qrels" / "test.tsv").read_text().splitlines()
     (data / "qrels" / "test.tsv").write_text("\n".join(x for x in lines if not x.endswith("\t0")) + "\n")
     metrics = parse_metrics(["ndcg@10", "judged@10"])
-    res = run_experiment(
-        BeirDirDataset(data),
-        BM25Retriever(),
-        None,
-        candidates=5,
-        top_k=2,
-        metrics=metrics,
-        output_dir=tmp_path / "o",
-        context_tokenizer=None,
-    )
+    res = bm25_job(BeirDirDataset(data), tmp_path / "o", metrics)
     summary = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert "judged@10" not in res.metrics and "only relevant documents" in summary["absent"]["judged@10"]
-    res = run_experiment(
-        BeirDirDataset(TINY),
-        BM25Retriever(),
-        None,
-        candidates=5,
-        top_k=2,
-        metrics=metrics,
-        output_dir=tmp_path / "p",
-        context_tokenizer=None,
-    )
+    res = bm25_job(BeirDirDataset(TINY), tmp_path / "p", metrics)
     assert "judged@10" in res.metrics  # tiny's qrels judge d2 non-relevant
 
 
@@ -529,31 +509,12 @@ def test_queries_without_relevant_documents_are_counted_and_kept_as_trec_eval_ke
         TINY, relevance_level=2
     )  # q2's only judgement is grade 1: nothing relevant at level 2
     metrics = parse_metrics(["ndcg@10", "mrr@10", "map@100"])
-    keep = run_experiment(
-        ds,
-        BM25Retriever(),
-        None,
-        candidates=5,
-        top_k=2,
-        metrics=metrics,
-        output_dir=tmp_path / "k",
-        context_tokenizer=None,
-    )
+    keep = bm25_job(ds, tmp_path / "k", metrics)
     assert keep.counts["queries_without_relevant"] == 1 and keep.counts["queries"] == 2
     got = rescore(tmp_path / "k" / "run.trec", ds.qrels(), metrics, 2)
     for m in metrics:
         assert keep.metrics[m.name] == pytest.approx(np.mean(list(got[m.name].values())), abs=1e-9), m.name
-    drop = run_experiment(
-        ds,
-        BM25Retriever(),
-        None,
-        candidates=5,
-        top_k=2,
-        metrics=metrics,
-        output_dir=tmp_path / "d",
-        context_tokenizer=None,
-        no_relevant="drop",
-    )
+    drop = bm25_job(ds, tmp_path / "d", metrics, no_relevant="drop")
     assert drop.counts["queries"] == 1 and drop.metrics["mrr@10"] == pytest.approx(got["mrr@10"]["q1"])
 
 

@@ -32,14 +32,7 @@ class BiEncoderReranker:
         max_length: int | None = None,
         batch_invariant: bool = True,
     ):
-        self.encoder = e = shared_bi_encoder(
-            model,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            max_length=max_length,
-            batch_invariant=batch_invariant,
-        )
+        self.encoder = e = shared_bi_encoder(model, device, dtype, batch_size, max_length, batch_invariant)
         self.dtype = dtype_name(e.dtype)
         batched = "" if e.batch_invariant else "-batched"
         self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"

@@ -31,14 +31,7 @@ class DenseRetriever:
         doc_prefix: str = "",
         batch_invariant: bool = True,
     ):
-        self.encoder = shared_bi_encoder(
-            model,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            max_length=max_length,
-            batch_invariant=batch_invariant,
-        )
+        self.encoder = shared_bi_encoder(model, device, dtype, batch_size, max_length, batch_invariant)
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
         self.name = f"dense-{model.rsplit('/', 1)[-1]}"
         self._ids: list[str] = []
