@@ -15,5 +15,8 @@ class Reranker(Protocol):
     name: str
     identity: str  # model, weights hash and every setting that changes scores: the score cache's key
     pointwise: bool  # a document's score does not depend on the other documents scored with it
+    # optional: batch_invariant (a local model's scores are bitwise independent of batching: a latency probe that
+    # finds fresh scores differing from cached ones then stops the job), device (where latency is measured),
+    # usage (API requests and cost), responses (an API response cache a probe bypasses)
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]: ...

@@ -39,6 +39,7 @@ class BiEncoderReranker:
         self.identity = f"bi-encoder|{e.identity}|code={scoring_code('engine', 'rerankers/bi_encoder')}"
         self.settings = {"max_length": e.model.max_seq_length, "dtype": self.dtype}
         self.device = e.device
+        self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit
         # document embeddings by text, shared by every reranker instance of the same encoder in this process
         self._memo: dict[str, np.ndarray] = _MEMO.setdefault(self.encoder.identity, {})
 

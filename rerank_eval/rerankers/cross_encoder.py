@@ -65,6 +65,7 @@ class CrossEncoderReranker:
             "dtype": self.dtype,
         }
         self.device = e.device
+        self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         return self.engine.score_pairs([(query.text, d.full_text) for d in docs]).tolist()
