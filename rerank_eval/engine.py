@@ -725,7 +725,14 @@ def shared_bi_encoder(
         batch_invariant,
     )
     if key not in _BI_ENCODERS:
-        _BI_ENCODERS[key] = BiEncoder(model, device, dtype, batch_size, max_length, None, batch_invariant)
+        _BI_ENCODERS[key] = BiEncoder(
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_length=max_length,
+            batch_invariant=batch_invariant,
+        )
     return _BI_ENCODERS[key]
 
 

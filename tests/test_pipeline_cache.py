@@ -127,3 +127,21 @@ def test_parallel_writers(tmp_path):
 def test_depth_checks(candidates, top_k, message):
     with pytest.raises(ConfigError, match=message):
         check_depths(candidates, top_k)
+
+
+def test_a_failed_latency_probe_loses_only_the_timing(tiny, tmp_path):
+    from rerank_eval.rerankers.api import RerankerCallError
+
+    class Flaky(Counting):
+        def score(self, query, docs):
+            if self.calls >= 2:  # the two scoring calls work; the probe's calls fail
+                raise RerankerCallError("service down")
+            return super().score(query, docs)
+
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    fs = Fixed(["d1", "d2", "d3", "d4", "d5"])
+    rr = Flaky({"d4": 5.0, "d1": 2.0})
+    run_pipeline(tiny, fs, rr, candidates=3, top_k=1, cache=cache, progress=False)
+    res = run_pipeline(tiny, fs, rr, candidates=2, top_k=1, cache=cache, progress=False, latency_probe=2)
+    assert res.latency_source == "none" and res.rerank_ms == {} and not res.failed
+    assert [d.doc_id for d in res.final["q1"]] == ["d1"]

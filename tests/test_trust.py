@@ -212,6 +212,16 @@ def test_latency_is_measured_fresh_probed_from_the_cache_or_absent(tmp_path):
     assert silent.latency_source == "none" and "reranker_ms_mean" not in silent.latency
 
 
+def test_a_call_served_by_a_rerankers_own_cache_is_not_timed(tmp_path):
+    """The bi-encoder keeps document embeddings for the process: a second job, with the score cache off, scores
+    every pair again but encodes no document, so its calls are not fresh; it probes with the memo bypassed."""
+    bi = [*TINY_CE[:4], "reranker=bi_encoder", "mlflow.enabled=false", "resume=false", "cache.enabled=false"]
+    job(tmp_path / "a", *bi, "candidates=3", "top_k=1")
+    again = job(tmp_path / "b", *bi, "candidates=3", "top_k=1")
+    assert again.counts["pairs_scored"] == 6 and again.latency_source == "probe"
+    assert again.counts["probe_pairs"] == 6
+
+
 def test_a_probe_finds_a_stale_cache(tmp_path):
     base = [*TINY_CE, "candidates=3", "top_k=1"]
     job(tmp_path / "a", *base)

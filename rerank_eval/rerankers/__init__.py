@@ -17,6 +17,7 @@ class Reranker(Protocol):
     pointwise: bool  # a document's score does not depend on the other documents scored with it
     # optional: batch_invariant (a local model's scores are bitwise independent of batching: a latency probe that
     # finds fresh scores differing from cached ones then stops the job), device (where latency is measured),
-    # usage (API requests and cost), responses (an API response cache a probe bypasses)
+    # usage (API requests and cost), internal_hits (a count of what it served from its own caches: a call that
+    # used any is not timed) and uncached() (a context in which it computes everything afresh: the probe's)
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]: ...

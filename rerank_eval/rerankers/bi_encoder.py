@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,10 +43,26 @@ class BiEncoderReranker:
         self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit
         # document embeddings by text, shared by every reranker instance of the same encoder in this process
         self._memo: dict[str, np.ndarray] = _MEMO.setdefault(self.encoder.identity, {})
+        self._hits = 0
+
+    @property
+    def internal_hits(self) -> int:
+        """Documents whose embedding came from this process's memo: a call that used one is not timed."""
+        return self._hits
+
+    @contextlib.contextmanager
+    def uncached(self):
+        """Encode everything afresh inside the block (a latency probe), leaving the memo as it was."""
+        memo, self._memo = self._memo, {}
+        try:
+            yield
+        finally:
+            self._memo = memo
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         texts = [d.full_text for d in docs]
         new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        self._hits += len(set(texts)) - len(new)
         if new:
             self._memo.update(zip(new, self.encoder.encode(new), strict=True))
         q = self.encoder.encode([query.text])[0]

@@ -68,4 +68,6 @@ class CrossEncoderReranker:
         self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
+        # every call tokenizes its own texts, as a service would: nothing a timing measures was done before
+        self.engine._store.clear()
         return self.engine.score_pairs([(query.text, d.full_text) for d in docs]).tolist()

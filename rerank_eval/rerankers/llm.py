@@ -15,6 +15,7 @@ parsed leniently: numbers out of range and repeats are dropped, missing document
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 
@@ -135,6 +136,20 @@ class LLMReranker:
             f"llm|{self.base_url}|{model}|{mode}|w={window}|s={step}|b={batch_size}|t={temperature}"
             f"|max_tokens={max_tokens}|prompts={prompts}|code={scoring_code('rerankers/llm')}"
         )
+
+    @property
+    def internal_hits(self) -> float:
+        """Answers served from the response cache: a call that used one is not timed as a fresh one."""
+        return self.usage.counts.get("api_cached", 0.0)
+
+    @contextlib.contextmanager
+    def uncached(self):
+        """Ask the API afresh inside the block (a latency probe); the answers are stored again."""
+        self.responses.read = False
+        try:
+            yield
+        finally:
+            self.responses.read = True
 
     # -- one request ---------------------------------------------------------------------------------------------
     def _ask(self, user: str, query_id: str) -> str:
