@@ -429,6 +429,16 @@ def test_a_job_scored_fresh_equals_the_same_job_served_from_a_deeper_jobs_cache(
     ).read_text()
 
 
+def test_a_bi_encoder_score_does_not_depend_on_the_other_candidates(dl19):
+    from rerank_eval.rerankers.bi_encoder import BiEncoderReranker
+
+    rr = BiEncoderReranker()
+    query = dl19.queries()[0]
+    docs = list(dl19.docs(sorted(dl19.qrels()[query.query_id])[:60]).values())
+    alone = [rr.score(query, [d])[0] for d in docs[:7]]
+    assert rr.score(query, docs)[:7] == alone and rr.score(query, docs[:3]) == alone[:3]
+
+
 def test_engine_equals_predict_when_both_texts_exceed_max_length():
     from sentence_transformers import CrossEncoder
 
