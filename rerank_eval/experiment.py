@@ -53,11 +53,8 @@ class JobResult:
 
 
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
-FINAL_MEASURES = (
-    "ndcg",
-    "precision",
-    "recall",
-)  # evaluated at top_k on the final list (a RAG prompt's context)
+# evaluated at top_k on the final list (a RAG prompt's context)
+FINAL_MEASURES = ("ndcg", "precision", "recall")
 TOP_K_KEYS = ("top_k", "final_metrics", "context_tokenizer")  # config keys that only change the final cut
 # the last job's pipeline result by comparison id: a job that differs from it only in top_k shares its scoring
 _CANDIDATE_RUNS: dict[str, tuple[str, PipelineResult]] = {}

@@ -32,9 +32,8 @@ class PipelineResult:
     reranked: Ranking  # the same candidates in the reranker's order (== first_stage without a reranker)
     final: Ranking  # reranked cut to top_k: what a consumer (a RAG prompt) receives
     first_stage_ms: dict[str, float] = field(default_factory=dict)
-    rerank_ms: dict[str, float] = field(
-        default_factory=dict
-    )  # measured (fresh, whole list, one call) or probed
+    # per query: measured (the whole list fresh in one call) or probed, never replayed
+    rerank_ms: dict[str, float] = field(default_factory=dict)
     latency_source: str = "none"  # measured, probe or none: a latency is never replayed from a cache
     probe: dict[str, float] = field(default_factory=dict)
     index_s: float = 0.0
