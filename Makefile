@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv bench test test-all reliability lint perf sweep-cost report screenshot ui clean
+.PHONY: help venv bench test test-all chromium reliability lint perf sweep-cost report screenshot ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,8 +27,12 @@ bench: venv  ## the standard offline study: MLflow runs, results/bench.md and re
 test: venv  ## the test suite (slow checks excluded)
 	$(PY) -m pytest -q
 
-test-all: venv  ## every test, slow ones included
+test-all: venv chromium  ## every test, slow ones included (the browser tests need Debian's chromium)
 	$(PY) -m pytest -q -m ""
+
+chromium:  ## Debian's chromium for the browser tests and make screenshot (installed when missing, as root)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null; } || \
+	  { echo "the browser tests need Debian's chromium: run 'sudo apt-get install chromium', then make test-all"; exit 1; }
 
 reliability: venv  ## the reliability suite, slow parts and all 25 kill points (~15 min): results/reliability.md
 	RELIABILITY_REPORT=results/reliability.md $(PY) -m pytest -q -m "" tests/reliability
@@ -42,10 +46,10 @@ perf: venv  ## throughput benchmark: results/perf.md
 sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
 	$(PY) benchmarks/sweep_cost.py
 
-report: venv  ## comparison report of the latest bench from MLflow: results/bench-report/
+report: venv  ## the full comparison report of the latest bench, from MLflow: results/bench-report/
 	$(PY) -m rerank_eval.report --experiment bench --latest-parent --out results/bench-report
 
-screenshot: venv  ## the MLflow UI's compare view of a depth sweep, in headless Chromium: results/mlflow_compare.png
+screenshot: venv chromium  ## the MLflow UI's compare view of a depth sweep, in headless Chromium: results/mlflow_compare.png
 	$(PY) scripts/mlflow_screenshot.py
 
 ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)

@@ -15,7 +15,14 @@ from .cli import CONF_DIR, friendly_errors, run_from_config
 from .errors import ConfigError
 from .evaluation import metric_key
 from .files import write_atomic
-from .report import best_per_metric, comparison_frame, markdown_table, plot_bars, records_from_dirs
+from .report import (
+    best_per_metric,
+    comparison_frame,
+    markdown_table,
+    plot_bars,
+    records_from_dirs,
+    write_report,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("rerank_eval")
@@ -134,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         write_atomic(results / "bench.md", "\n".join(md))
         write_atomic(results / "bench.csv", frame.to_csv(index=False))
         plot_bars(frame, "ndcg@10", results / "bench.png", "nDCG@10 by pipeline (rerank depth 100)")
+        report = write_report(  # every section: headroom, judgements, ties, truncation, cost
+            records,
+            results / "bench-report",
+            "rerank-eval bench: the full report",
+            intro=f"`make bench`, MLflow parent run `{parent}`; the same as `make report` writes from MLflow.",
+        )
         best = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
         tracker.log(
             parent,
@@ -144,13 +157,13 @@ def main(argv: list[str] | None = None) -> None:
                 **{f"best_{metric_key(m)}": v for m, (_, v) in best.items()},
             },
             tags={f"best_{metric_key(m)}": name for m, (name, _) in best.items()},
-            artifacts=[results / "bench.md", results / "bench.csv", results / "bench.png"],
+            artifacts=[results / "bench.md", results / "bench.csv", results / "bench.png", *report],
             params={"jobs": json.dumps([j[3] for j in jobs])[:6000]},
         )
         ok = True
         print(
-            f"bench: {len(jobs)} jobs in {elapsed / 60:.1f} min; wrote {results / 'bench.md'} and "
-            f"{results / 'bench.png'}"
+            f"bench: {len(jobs)} jobs in {elapsed / 60:.1f} min; wrote {results / 'bench.md'}, "
+            f"{results / 'bench.png'} and {results / 'bench-report'}"
         )
     finally:
         tracker.finish(parent, ok=ok)

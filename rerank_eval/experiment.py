@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import analysis as an
 from .cache import ScoreCache
 from .datasets import Dataset
 from .engine import MINILM_ID
@@ -30,6 +31,8 @@ from .evaluation import (
 from .files import atomic_writer, write_atomic
 from .pipeline import PipelineResult, run_pipeline
 from .provenance import code_version, device_name, fingerprint
+from .report.diff import changes
+from .report.diff import write as write_diff
 from .rerankers import Reranker
 from .retrievers import Retriever
 from .tracking import Tracker, git_commit
@@ -56,6 +59,7 @@ CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 # evaluated at top_k on the final list (a RAG prompt's context)
 FINAL_MEASURES = ("ndcg", "precision", "recall")
 TOP_K_KEYS = ("top_k", "final_metrics", "context_tokenizer")  # config keys that only change the final cut
+REPORT_KEYS = ("report",)  # what a sweep's report concludes: no job result depends on it
 # the last job's pipeline result by comparison id: a job that differs from it only in top_k shares its scoring
 _CANDIDATE_RUNS: dict[str, tuple[str, PipelineResult]] = {}
 
@@ -123,6 +127,9 @@ def run_experiment(
     latency_probe: int = 10,
     latency_probe_api: int = 0,
     context_tokenizer: str | None = MINILM_ID,
+    bootstrap: int = 10000,
+    seed: int = 42,
+    tie_samples: int = 100,
 ) -> JobResult:
     """Run, evaluate, write and track one pipeline.
 
@@ -141,7 +148,10 @@ def run_experiment(
         allow_pool: run a full-corpus first stage over a dataset whose corpus is only a pool (recorded).
         latency_probe: queries timed afresh when some scores came from a cache (0: report no latency then).
         latency_probe_api: the same for API rerankers (their probe requests are paid for; default 0).
-        context_tokenizer: the tokenizer ``context_tokens`` counts with (None: not counted).
+        context_tokenizer: the tokenizer ``context_tokens`` counts with (None: not counted), and the documents
+            of rerankers without a tokenizer of their own.
+        bootstrap, seed: resamples and seed of the paired bootstrap intervals (``analysis``).
+        tie_samples: random tie orders tried for the tie spread of nDCG@10 (0: none).
 
     Raises:
         ConfigError: ``resume`` with a tracker but no ``config`` to fingerprint; a pool corpus under a
@@ -150,6 +160,8 @@ def run_experiment(
     Returns:
         JobResult with mean metrics, first-stage metrics, p-values, latencies and the MLflow run id.
     """
+    if bootstrap < 100:
+        raise ConfigError(f"stats.bootstrap must be at least 100 resamples, got {bootstrap}")
     if no_relevant not in ("keep", "drop"):
         raise ConfigError(f"no_relevant must be keep or drop, got {no_relevant!r}")
     if tracker is not None and resume and config is None:
@@ -178,6 +190,9 @@ def run_experiment(
         "allow_pool": allow_pool,
         "latency_probe": latency_probe,
         "latency_probe_api": latency_probe_api,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "tie_samples": tie_samples,
     }
     ingredients = {
         "dataset": dataset.fingerprint,
@@ -186,10 +201,11 @@ def run_experiment(
         "code": code_version(),
         "settings": json.dumps(settings, sort_keys=True),
     }
-    base = {k: v for k, v in (config or {}).items() if k not in TOP_K_KEYS}
+    job = {k: v for k, v in (config or {}).items() if k not in REPORT_KEYS}
+    base = {k: v for k, v in job.items() if k not in TOP_K_KEYS}
     comparison = fingerprint(base, ingredients)  # the same for jobs that differ only in top_k
     top = {"top_k": top_k, "final": [m.name for m in finals], "tokenizer": context_tokenizer}
-    fp = fingerprint(config or {}, {**ingredients, "top": json.dumps(top, sort_keys=True)})
+    fp = fingerprint(job, {**ingredients, "top": json.dumps(top, sort_keys=True)})
     if tracker is not None and resume:
         previous = tracker.find_finished(fp)
         if previous is not None:
@@ -262,6 +278,44 @@ def run_experiment(
 
     latency = {**latency_stats("first_stage", res.first_stage_ms), **latency_stats("reranker", res.rerank_ms)}
     latency_source = res.latency_source if reranker is not None else "none"
+    rl = dataset.relevance_level
+    analysis, extra_tags, columns = {}, {}, []
+    figures, frame = an.ceiling(qrels, res.reranked, res.first_stage, rl)
+    analysis |= figures
+    columns.append(frame)
+    if reranker is not None:
+        analysis |= an.uncertainty(per_query, first, evaluated, significance, bootstrap, seed)
+    if judges_nonrelevant(qrels, rl):
+        figures, frame = an.judgements(qrels, res.reranked, res.first_stage, rl)
+        analysis |= figures
+        columns.append(frame)
+    else:
+        absent[an.CONDENSED] = (
+            "the qrels list only relevant documents (BEIR-style): a list condensed to judged documents would "
+            "hold only relevant ones"
+        )
+    analysis |= an.ties(qrels, res.reranked, "", rl, tie_samples, seed)
+    if reranker is not None:
+        analysis |= an.ties(qrels, res.first_stage, "first_stage_", rl, tie_samples, seed)
+    usage = getattr(reranker, "usage", None)  # API rerankers: requests, tokens or search units, and cost
+    ledger: dict[str, float] = {}
+    if reranker is not None:
+        texts = {q.query_id: q.text for q in dataset.queries()}
+        docs = dataset.docs(sorted({d.doc_id for h in res.reranked.values() for d in h}))
+        fallback = _tokenizer(context_tokenizer) if context_tokenizer else None
+        figures, frame = an.truncation(reranker, fallback, texts, qrels, res.reranked, docs, rl)
+        columns.append(frame)
+        ledger, extra_tags = an.cost(
+            analysis[f"delta_{an.HEADLINE.key}"],
+            len(per_query),
+            res.rerank_ms,
+            latency_source,
+            usage.counts if usage is not None else None,
+            figures.pop("tokens_sent"),
+        )
+        analysis |= figures
+        columns.append(pd.DataFrame({"latency.reranker_ms": pd.Series(res.rerank_ms, dtype=float)}))
+    analysis = {k: v for k, v in analysis.items() if np.isfinite(v)}  # absent, never NaN
     counts = {
         "queries": float(len(per_query)),
         "queries_without_relevant": float(len(empty)),
@@ -279,7 +333,6 @@ def run_experiment(
             dataset.docs(sorted({d.doc_id for h in final.values() for d in h})),
             _tokenizer(context_tokenizer),
         )
-    usage = getattr(reranker, "usage", None)  # API rerankers: requests, tokens or search units, and cost
     if usage is not None:
         counts.update(usage.counts)
         counts["api_cost_usd_per_1k_queries"] = (
@@ -297,6 +350,7 @@ def run_experiment(
         **({"absent": json.dumps(absent)} if absent else {}),
         **{f"reranker.{k}": str(v) for k, v in (getattr(reranker, "settings", None) or {}).items()},
         **({"context_tokenizer": context_tokenizer} if context_tokenizer else {}),
+        **extra_tags,
     }
 
     write_trec(res.reranked, out / "run.trec", tag=rr_name)
@@ -304,7 +358,16 @@ def run_experiment(
     write_trec(res.first_stage, out / "first_stage.trec", tag=retriever.name)
     write_scores(res.first_stage, out / "first_stage.scores.tsv")
     table = per_query.add_prefix("reranked.").join(first.add_prefix("first_stage."))
+    for frame in columns:
+        table = table.join(frame)
     write_atomic(out / "per_query.csv", table.to_csv())
+    if (
+        reranker is not None and an.HEADLINE.name in per_query
+    ):  # the queries it helped and hurt most, for a look
+        h = an.HEADLINE.name
+        found = changes(_ids(res.first_stage), _ids(res.reranked), first[h], per_query[h], qrels)
+        texts = {q.query_id: q.text for q in dataset.queries()}
+        write_diff(out, found, texts, dataset.docs, f"first stage {retriever.name}", rr_name, h)
     summary = {
         "name": name,
         "dataset": dataset.name,
@@ -319,6 +382,8 @@ def run_experiment(
         "final_metrics": [m.name for m in finals],
         "latency": latency,
         "counts": counts,
+        "analysis": analysis,
+        "cost": ledger,
         "origin": origin,
         "absent": absent,
         "queries_without_relevant": empty,
@@ -340,6 +405,8 @@ def run_experiment(
             mlflow_metrics[f"context_{m.measure}"] = means[m.name]
         mlflow_metrics.update(latency)
         mlflow_metrics.update(counts)
+        mlflow_metrics.update(analysis)
+        mlflow_metrics.update(ledger)
         tags = {
             "dataset": dataset.name,
             "dataset_fingerprint": dataset.fingerprint,
@@ -361,6 +428,8 @@ def run_experiment(
             out / "first_stage.trec",
             out / "first_stage.scores.tsv",
             out / "per_query.csv",
+            out / "diff.md",
+            out / "diff.html",
             pending / "metrics.json",
             out / "config.yaml",
             out / ".hydra",
@@ -382,6 +451,10 @@ def run_experiment(
     return JobResult(
         name, means, first_means, pvalues, latency, per_query, out, run_id, counts, latency_source
     )
+
+
+def _ids(ranking: Ranking) -> dict[str, list[str]]:
+    return {q: [d.doc_id for d in hits] for q, hits in ranking.items()}
 
 
 @functools.cache

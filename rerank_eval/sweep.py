@@ -47,6 +47,7 @@ class SweepCallback(Callback):
             best_per_metric,
             comparison_frame,
             distinct_comparisons,
+            knees,
             records_from_dirs,
             write_report,
         )
@@ -60,26 +61,42 @@ class SweepCallback(Callback):
             )
             records = records_from_dirs(jobs)
             if records:
+                test = config.get("significance", "student")
+                tolerance = float((config.get("report") or {}).get("knee_tolerance", 0.01))
                 paths = write_report(
-                    records,
-                    sweep_dir / "report",
-                    f"sweep {sweep_dir}",
-                    test=config.get("significance", "student"),
+                    records, sweep_dir / "report", f"sweep {sweep_dir}", test, knee_tolerance=tolerance
                 )
+                found = knees(records, tolerance, test)
                 best = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
                 self.tracker.log(
                     self.parent,
                     artifacts=paths,
                     metrics={
                         "jobs": len(records),
-                        "distinct_comparisons": distinct_comparisons(
-                            comparison_frame(records, test=config.get("significance", "student"))
-                        ),
+                        "distinct_comparisons": distinct_comparisons(comparison_frame(records, test=test)),
                         **{f"best_{metric_key(m)}": v for m, (_, v) in best.items()},
+                        **knee_metrics(found),
                     },
-                    tags={f"best_{metric_key(m)}": n for m, (n, _) in best.items()},
+                    tags={
+                        **{f"best_{metric_key(m)}": n for m, (n, _) in best.items()},
+                        **({"knee_tolerance": str(tolerance)} if found else {}),
+                    },
                 )
                 log.info("sweep: %d jobs; report in %s", len(records), sweep_dir / "report")
             ok = len(records) == len(jobs)
         finally:
             self.tracker.finish(self.parent, ok=ok)
+
+
+def knee_metrics(found: list[dict]) -> dict[str, float]:
+    """The depth knees as parent-run metrics: ``knee_depth`` for a sweep of one reranker, and
+    ``knee_depth/<dataset>/<first stage>/<reranker>`` for each (MLflow keys allow those characters)."""
+    import re
+
+    out = {}
+    for k in found:
+        label = "/".join(re.sub(r"[^\w.\- ]", "_", k[f]) for f in ("dataset", "first stage", "reranker"))
+        out[f"knee_depth/{label}"] = float(k["knee"])
+    if len(found) == 1:
+        out["knee_depth"] = float(found[0]["knee"])
+    return out

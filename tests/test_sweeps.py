@@ -172,3 +172,4 @@ def test_two_job_sweep_against_a_real_mlflow_server(tmp_path):
         assert sorted(r.data.params["candidates"] for r in children) == ["2", "3"]
         assert "run.trec" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
         assert "report.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+        assert parents[0].data.metrics["knee_depth"] in (2.0, 3.0)  # a depth sweep of one pipeline: its knee

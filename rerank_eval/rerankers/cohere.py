@@ -22,7 +22,8 @@ class CohereReranker:
         max_tokens_per_doc: longer documents are truncated by the API to this many tokens.
         timeout, max_retries: the SDK's own timeout (s) and retry count (429 and 5xx, honouring Retry-After).
         requests_per_minute: a client-side limit (a trial key allows 10).
-        price_per_search_unit: USD per search unit (one unit per query per 100 documents).
+        price_per_search_unit: USD per search unit (one unit per query per 100 documents); ``prices_as_of``
+            when it was published (a tag on every run, beside the cost).
     """
 
     pointwise = True  # a document's relevance score does not depend on the others sent with it
@@ -38,6 +39,7 @@ class CohereReranker:
         max_retries: int = 3,
         requests_per_minute: float | None = None,
         price_per_search_unit: float = 0.002,
+        prices_as_of: str | None = None,
     ):
         if not 1 <= max_docs_per_call <= 1000:
             raise ConfigError(f"max_docs_per_call must be within 1..1000, got {max_docs_per_call}")
@@ -58,6 +60,8 @@ class CohereReranker:
         self.price = price_per_search_unit
         self.limiter = RateLimiter(requests_per_minute)
         self.usage = Usage()
+        if prices_as_of:
+            self.usage.tags["prices_as_of"] = str(prices_as_of)
         self.name = f"cohere-{model}"
         self.base_url = base_url or "https://api.cohere.com"
         self.device = f"api:{self.base_url}"

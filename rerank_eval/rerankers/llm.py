@@ -79,7 +79,8 @@ class LLMReranker:
         max_tokens, temperature: generation settings (temperature 0 for repeatable rankings).
         max_passage_chars: passage text beyond this is cut before it is sent.
         system, listwise_prompt, pointwise_prompt: the prompt templates ({query}, {passages}, {n}).
-        price_input_per_mtok, price_output_per_mtok: USD per million tokens.
+        price_input_per_mtok, price_output_per_mtok: USD per million tokens; ``prices_as_of`` when they were
+            published (a tag on every run, beside the cost).
         cache: API responses are kept in ``<cache>/responses.sqlite`` (null: the project's cache folder).
     """
 
@@ -103,6 +104,7 @@ class LLMReranker:
         pointwise_prompt: str = POINTWISE,
         price_input_per_mtok: float = 3.0,
         price_output_per_mtok: float = 15.0,
+        prices_as_of: str | None = None,
         cache: str | None = None,
         cache_enabled: bool = True,
     ):
@@ -123,6 +125,8 @@ class LLMReranker:
         self.prices = (price_input_per_mtok, price_output_per_mtok)
         self.limiter = RateLimiter(requests_per_minute)
         self.usage = Usage()
+        if prices_as_of:
+            self.usage.tags["prices_as_of"] = str(prices_as_of)
         self.responses = ResponseCache(cache or cache_root() / "responses.sqlite", cache_enabled)
         if batch_size < 1:
             raise ConfigError(f"reranker.batch_size must be at least 1, got {batch_size}")

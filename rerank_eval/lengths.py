@@ -1,0 +1,72 @@
+"""How many tokens each candidate has, and how many of them a reranker's ``max_length`` keeps.
+
+A cross-encoder sees the pair (query, title + text) cut longest-first to ``max_length`` (``engine.truncate_pairs``,
+what its tokenizer does); a bi-encoder sees the document alone cut to ``max_seq_length``. Rerankers without a
+local tokenizer (APIs, none) keep everything; their documents are counted with the context tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import truncate_pairs
+from .types import Doc
+
+
+@dataclass
+class Lengths:
+    full: np.ndarray  # document tokens, before any cut
+    kept: np.ndarray  # document tokens the model saw
+    sent: int  # every token the model was given for these pairs (query, document and special tokens)
+
+
+def _count(tokenizer, texts: list[str]) -> np.ndarray:
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    return np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(texts))
+
+
+def tokenizer_of(reranker) -> tuple[object, int | None, bool] | None:
+    """(tokenizer, max_length, pair) of a local model reranker, or None for one without a local tokenizer."""
+    engine = getattr(reranker, "engine", None)  # a cross-encoder
+    if engine is not None and getattr(engine, "tokenizer", None) is not None:
+        return engine.tokenizer, engine.max_length, True
+    encoder = getattr(reranker, "encoder", None)  # a bi-encoder
+    model = getattr(encoder, "model", None)
+    if model is not None and getattr(model, "tokenizer", None) is not None:
+        return model.tokenizer, model.max_seq_length, False
+    return None
+
+
+def candidate_lengths(
+    reranker, fallback_tokenizer, queries: dict[str, str], ranking: dict[str, list], docs: dict[str, Doc]
+) -> dict[str, Lengths]:
+    """Token counts of each query's candidates (``ranking``: query_id -> hits) as the reranker sees them; each
+    distinct text is tokenized once. ``fallback_tokenizer`` counts them for rerankers without a tokenizer of
+    their own (nothing is cut, nothing counted as sent)."""
+    found = tokenizer_of(reranker) if reranker is not None else None
+    tok, max_length, pair = found if found is not None else (fallback_tokenizer, None, False)
+    ids = sorted({h.doc_id for hits in ranking.values() for h in hits})
+    if tok is None:
+        n = {d: 0 for d in ids}
+    else:
+        n = dict(zip(ids, _count(tok, [docs[d].full_text for d in ids]).tolist(), strict=True))
+    out = {}
+    for q, hits in ranking.items():
+        full = np.fromiter((n[h.doc_id] for h in hits), dtype=np.int64, count=len(hits))
+        if found is None:
+            out[q] = Lengths(full, full, 0)
+            continue
+        ql = int(_count(tok, [queries[q]])[0])
+        special = tok.num_special_tokens_to_add(pair=pair)
+        if max_length is None:
+            out[q] = Lengths(full, full, int(full.sum() + len(hits) * (ql + special)))
+        elif pair:
+            kept_q, kept = truncate_pairs(np.full(len(hits), ql), full, max_length - special)
+            out[q] = Lengths(full, kept, int((kept_q + kept).sum() + len(hits) * special))
+        else:  # the documents alone, plus the query encoded once
+            kept = np.minimum(full, max_length - special)
+            query = min(ql, max_length - special) + special
+            out[q] = Lengths(full, kept, int(kept.sum() + len(hits) * special + query))
+    return out
