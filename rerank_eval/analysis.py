@@ -11,9 +11,11 @@ Keys (MLflow metrics, ``metrics.json`` under ``analysis`` and ``cost``):
   ``loss_misordered`` (oracle - reranked: present but ranked too low);
 - where the qrels judge non-relevant documents: ``condensed_ndcg_at_10`` (unjudged documents dropped first) for
   both runs, and ``gain_in_unjudged`` (1: the reranked list is less judged than the first stage's and its
-  condensed change has the other sign or under half the size: the gain may sit in unjudged documents);
+  condensed change has the other sign or under half the size: a gain may sit in unjudged documents, or a loss
+  be partly unjudged documents counted as non-relevant);
 - ``tie_rate`` (adjacent candidates with equal scores), and where there are ties the lowest and highest nDCG@10
-  over random orders of the tied documents (``tie_ndcg_at_10_min`` / ``_max``);
+  any order of the tied documents gives (``tie_ndcg_at_10_min`` / ``_max``: exact, each tied run sorted by
+  judgement both ways);
 - ``truncated_token_share`` (the share of candidate tokens a local model's ``max_length`` cut off);
 - cost: ``tokens_sent``, ``device_s`` (local models: the reranker's compute time for every query, measured or
   extrapolated from the latency probe, as ``device_s_source`` says), per 1,000 queries, and nDCG@10 gained per
@@ -107,19 +109,12 @@ def judgements(
     return figures, pd.DataFrame({f"reranked.{CONDENSED}": a, f"first_stage.{CONDENSED}": b})
 
 
-def ties(
-    qrels: Qrels,
-    ranking: Ranking,
-    prefix: str,
-    relevance_level: int = 1,
-    samples: int = 100,
-    seed: int = st.SEED,
-) -> dict[str, float]:
-    """Tie rate of a run, and the spread of its nDCG@10 under random orders of its ties where it has any."""
+def ties(qrels: Qrels, ranking: Ranking, prefix: str, relevance_level: int = 1) -> dict[str, float]:
+    """Tie rate of a run, and where it has ties the lowest and highest nDCG@10 any order of them gives."""
     rate = st.tie_rate(ranking)
     out = {f"{prefix}tie_rate": rate}
-    if rate > 0 and samples > 0:
-        low, high = st.tie_spread(ranking, qrels, HEADLINE, relevance_level, samples, seed)
+    if rate > 0:
+        low, high = st.tie_spread(ranking, qrels, HEADLINE, relevance_level)
         out |= {f"{prefix}tie_{HEADLINE.key}_min": low, f"{prefix}tie_{HEADLINE.key}_max": high}
     return out
 
@@ -169,7 +164,8 @@ def cost(
     if api_counts is not None:
         usd = float(api_counts.get("api_cost_usd", 0.0))
         tokens = api_counts.get("input_tokens", 0.0) + api_counts.get("output_tokens", 0.0)
-        out["tokens_sent"] = float(tokens)
+        if tokens:  # an LLM bills tokens; a rerank API search units (counted beside)
+            out["tokens_sent"] = float(tokens)
         if usd > 0:
             out[f"{gain}_per_usd"] = delta / (usd / max(queries, 1))
         tags["cost_source"] = "fresh calls only" if api_counts.get("api_cached", 0) else "every call"

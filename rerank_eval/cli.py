@@ -154,7 +154,6 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
             context_tokenizer=plain.get("context_tokenizer"),
             bootstrap=_count(plain, "stats", "bootstrap", 10000),
             seed=_count(plain, "stats", "seed", 42),
-            tie_samples=_count(plain, "stats", "tie_samples", 100),
         )
     finally:
         cache.close()

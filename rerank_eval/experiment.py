@@ -129,7 +129,6 @@ def run_experiment(
     context_tokenizer: str | None = MINILM_ID,
     bootstrap: int = 10000,
     seed: int = 42,
-    tie_samples: int = 100,
 ) -> JobResult:
     """Run, evaluate, write and track one pipeline.
 
@@ -151,7 +150,6 @@ def run_experiment(
         context_tokenizer: the tokenizer ``context_tokens`` counts with (None: not counted), and the documents
             of rerankers without a tokenizer of their own.
         bootstrap, seed: resamples and seed of the paired bootstrap intervals (``analysis``).
-        tie_samples: random tie orders tried for the tie spread of nDCG@10 (0: none).
 
     Raises:
         ConfigError: ``resume`` with a tracker but no ``config`` to fingerprint; a pool corpus under a
@@ -192,7 +190,6 @@ def run_experiment(
         "latency_probe_api": latency_probe_api,
         "bootstrap": bootstrap,
         "seed": seed,
-        "tie_samples": tie_samples,
     }
     ingredients = {
         "dataset": dataset.fingerprint,
@@ -294,9 +291,9 @@ def run_experiment(
             "the qrels list only relevant documents (BEIR-style): a list condensed to judged documents would "
             "hold only relevant ones"
         )
-    analysis |= an.ties(qrels, res.reranked, "", rl, tie_samples, seed)
+    analysis |= an.ties(qrels, res.reranked, "", rl)
     if reranker is not None:
-        analysis |= an.ties(qrels, res.first_stage, "first_stage_", rl, tie_samples, seed)
+        analysis |= an.ties(qrels, res.first_stage, "first_stage_", rl)
     usage = getattr(reranker, "usage", None)  # API rerankers: requests, tokens or search units, and cost
     ledger: dict[str, float] = {}
     if reranker is not None:
@@ -351,6 +348,7 @@ def run_experiment(
         **{f"reranker.{k}": str(v) for k, v in (getattr(reranker, "settings", None) or {}).items()},
         **({"context_tokenizer": context_tokenizer} if context_tokenizer else {}),
         **extra_tags,
+        **(usage.tags if usage is not None else {}),  # an API's model as it answered, the prices' date
     }
 
     write_trec(res.reranked, out / "run.trec", tag=rr_name)
@@ -417,7 +415,6 @@ def run_experiment(
             "fingerprint": fp,
             "significance_test": significance,
             **origin,
-            **(usage.tags if usage is not None else {}),
         }
         pending = out / ".pending"  # metrics.json travels to MLflow from here; the job's own copy comes last
         pending.mkdir(exist_ok=True)

@@ -140,52 +140,29 @@ def tie_rate(ranking: Ranking) -> float:
     return ties / pairs if pairs else 0.0
 
 
-def shuffle_ties(ranking: Ranking, rng: np.random.Generator) -> Ranking:
-    """The ranking with each run of equal scores put in a random order."""
-    out = {}
+def tie_orders(ranking: Ranking, qrels: Qrels) -> tuple[Ranking, Ranking]:
+    """The ranking with each run of equal scores put in its worst order (lowest judgement first) and in its best:
+    between them lies every order of the ties (unjudged counts as 0)."""
+    worst, best = {}, {}
     for q, hits in ranking.items():
+        grades = qrels.get(q, {})
+        g = np.fromiter((max(grades.get(h.doc_id, 0), 0) for h in hits), dtype=float, count=len(hits))
         s = np.fromiter((h.score for h in hits), dtype=np.float32, count=len(hits))
-        key = rng.random(len(hits))
-        order = np.lexsort((key, -s))
-        out[q] = [hits[i] for i in order]
-    return out
+        idx = np.arange(len(hits))
+        worst[q] = [hits[i] for i in np.lexsort((idx, g, -s))]
+        best[q] = [hits[i] for i in np.lexsort((idx, -g, -s))]
+    return worst, best
 
 
 def tie_spread(
-    ranking: Ranking,
-    qrels: Qrels,
-    metric: Metric,
-    relevance_level: int = 1,
-    samples: int = 100,
-    seed: int = SEED,
+    ranking: Ranking, qrels: Qrels, metric: Metric, relevance_level: int = 1
 ) -> tuple[float, float]:
-    """The lowest and highest mean ``metric`` over ``samples`` random orders of the tied scores. Only queries
-    with a tie that reaches into the metric's cutoff are re-evaluated (cut after the tied run that crosses it:
-    nothing below can change the figure)."""
-    base = evaluate(qrels, ranking, [metric], relevance_level)[metric.name]
-    affected = {}
-    for q, hits in ranking.items():
-        k = metric.k or len(hits)
-        s = np.fromiter((h.score for h in hits), dtype=np.float32, count=len(hits))
-        if q in qrels and (s[1 : k + 1] == s[: min(k, len(s) - 1)]).any():
-            end = k
-            while end < len(s) and s[end] == s[end - 1]:
-                end += 1
-            affected[q] = hits[:end]
-    if not affected:
-        return float(base.mean()), float(base.mean())
-    sub = {q: qrels[q] for q in affected}
-    rest = float(base.drop(list(affected)).sum())
-    rng = np.random.default_rng(seed)
-    values = [
-        (
-            rest
-            + float(evaluate(sub, shuffle_ties(affected, rng), [metric], relevance_level)[metric.name].sum())
-        )
-        / len(base)
-        for _ in range(samples)
-    ]
-    return min(values), max(values)
+    """The lowest and highest mean ``metric`` any order of the tied scores gives: exact, not sampled (each
+    query's worst and best orders are independent of the others')."""
+    worst, best = tie_orders(ranking, qrels)
+    low = evaluate(qrels, worst, [metric], relevance_level)[metric.name].mean()
+    high = evaluate(qrels, best, [metric], relevance_level)[metric.name].mean()
+    return float(low), float(high)
 
 
 # -- depth ------------------------------------------------------------------------------------------------------

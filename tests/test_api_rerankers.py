@@ -57,6 +57,39 @@ def test_cohere_faults_leave_results_unchanged_and_cost_is_exact(dl19, tmp_path)
     assert rr.usage.counts["api_cost_usd"] == pytest.approx(8 * 0.002)
 
 
+def test_the_cost_ledger_of_an_api_job(tmp_path):
+    import json
+
+    from conftest import TINY
+
+    from rerank_eval.datasets import BeirDirDataset
+    from rerank_eval.evaluation import parse_metrics
+    from rerank_eval.experiment import run_experiment
+    from rerank_eval.retrievers.bm25 import BM25Retriever
+
+    with CohereEmulator(key=COHERE_KEY) as emu:
+        rr = CohereReranker(base_url=emu.url, price_per_search_unit=0.002, prices_as_of="2024-12")
+        res = run_experiment(
+            BeirDirDataset(TINY, name="tiny"),
+            BM25Retriever(),
+            rr,
+            candidates=3,
+            top_k=2,
+            metrics=parse_metrics(["ndcg@10"]),
+            output_dir=tmp_path / "j",
+            context_tokenizer=None,
+        )
+    s = json.loads((tmp_path / "j" / "metrics.json").read_text())
+    # two queries, one search unit each (3 documents), $0.002 a unit
+    assert res.counts["api_cost_usd"] == pytest.approx(2 * 0.002)
+    assert res.counts["api_cost_usd_per_1k_queries"] == pytest.approx(1000 * 0.002)
+    delta = res.metrics["ndcg@10"] - res.first_stage["ndcg@10"]
+    if delta:
+        assert s["cost"]["ndcg_at_10_gain_per_usd"] == pytest.approx(delta / 0.002)
+    assert "device_s" not in s["cost"]  # an API's compute is not this machine's
+    assert s["origin"]["prices_as_of"] == "2024-12" and s["origin"]["cost_source"] == "every call"
+
+
 def test_cohere_splits_documents_over_calls(dl19):
     with CohereEmulator(key=COHERE_KEY) as emu:
         whole = dl19_run(dl19, CohereReranker(base_url=emu.url), n_queries=3)

@@ -108,18 +108,30 @@ def test_a_gain_that_sits_in_unjudged_documents_is_flagged():
     assert judgements(qrels, moved, first2)[0]["gain_in_unjudged"] == 0.0
 
 
-def test_tie_rate_and_the_spread_of_ndcg_over_random_tie_orders():
+def test_tie_rate_and_the_exact_range_of_ndcg_over_every_tie_order():
     run = ranking({"a": [("x", 3), ("y", 3), ("z", 2), ("w", 1)], "b": [("p", 5), ("q", 5), ("r", 5)]})
     assert st.tie_rate(run) == pytest.approx(3 / 5)  # 3 of 5 adjacent pairs tied
     tied = ranking({"q": [("b", 1.0), ("a", 1.0)]})
-    low, high = st.tie_spread(tied, {"q": {"a": 1}}, NDCG10, samples=100)
+    low, high = st.tie_spread(tied, {"q": {"a": 1}}, NDCG10)
     assert (low, high) == pytest.approx((1 / L3, 1.0))  # a at rank 2 or at rank 1
-    figures = ties({"q": {"a": 1}}, tied, "", samples=100)
+    figures = ties({"q": {"a": 1}}, tied, "")
     assert figures["tie_rate"] == 1.0 and figures["tie_ndcg_at_10_max"] == pytest.approx(1.0)
     assert "tie_ndcg_at_10_min" not in ties(QRELS, FIRST, "")  # no ties, no spread
+    # every order of a three-way tie among grades 2, 1, 0 (and an untied document above): brute force
+    import itertools
+
+    from rerank_eval.evaluation import evaluate
+
+    qrels = {"q": {"a": 2, "b": 1, "c": 0, "top": 1}}
+    three = ranking({"q": [("top", 9), ("c", 5), ("a", 5), ("b", 5)]})
+    every = [
+        evaluate(qrels, {"q": [three["q"][0], *order]}, [NDCG10])["ndcg@10"].mean()
+        for order in itertools.permutations(three["q"][1:])
+    ]
+    assert st.tie_spread(three, qrels, NDCG10) == pytest.approx((min(every), max(every)))
     # a tie across the cutoff: rank 10 (not relevant) and rank 11 (relevant) share a score
     cut = ranking({"q": [(f"n{i}", 20 - i) for i in range(9)] + [("n9", 1.0), ("a", 1.0)]})
-    low, high = st.tie_spread(cut, {"q": {"a": 1}}, NDCG10, samples=100)
+    low, high = st.tie_spread(cut, {"q": {"a": 1}}, NDCG10)
     assert (low, high) == pytest.approx((0.0, 1 / math.log2(11)))
 
 
@@ -234,7 +246,7 @@ def test_a_jobs_figures_recompute_from_the_files_it_wrote(tmp_path):
 def test_positives_only_qrels_report_no_condensed_figures(scifact, tmp_path):
     from test_trust import bm25_job
 
-    res = bm25_job(scifact, tmp_path / "s", parse_metrics(["ndcg@10"]), tie_samples=0)
+    res = bm25_job(scifact, tmp_path / "s", parse_metrics(["ndcg@10"]))
     s = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert "condensed_ndcg@10" in s["absent"] and "condensed_ndcg_at_10" not in s["analysis"]
     assert "oracle_ndcg_at_10" in s["analysis"] and res.metrics["ndcg@10"] > 0

@@ -1,6 +1,6 @@
 """``python -m rerank_eval.report``: the comparison report of finished jobs, or the per-query diff of two.
 
-``--experiment bench`` (with ``--parent RUN_ID``, ``--latest-parent`` or ``--runs ID,ID``) writes
+``--experiment bench`` (with ``--parent RUN_ID``, ``--latest-parent``, ``--latest-parents N`` or ``--runs ID,ID``) writes
 ``results/<experiment>/report.md`` and its plots; ``make report`` does so for the latest bench. ``--diff A B``
 (each a job's output folder or its MLflow run id) writes ``diff.md`` and ``diff.html``: the queries where B
 gained and lost most against A, with the documents that moved.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .page import KNEE_TOLERANCE, write_report
-from .records import download_job, latest_parent, records_from_mlflow
+from .records import download_job, latest_parents, records_from_mlflow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             "--parent", default=None, help="only the children of this parent run (a sweep, a bench)"
         )
         ap.add_argument("--latest-parent", action="store_true", help="the experiment's newest parent run")
+        ap.add_argument("--latest-parents", type=int, default=0, metavar="N", help="its N newest parent runs")
         ap.add_argument("--runs", default=None, help="comma-separated run ids")
         ap.add_argument("--test", default="student", choices=["student", "fisher"])
         ap.add_argument("--between", action="store_true", help="also compare rerankers with each other")
@@ -95,8 +96,14 @@ def main(argv: list[str] | None = None) -> None:
             paths = diff(*args.diff, out, args.experiment, args.metric)
             print(f"diff: wrote {', '.join(str(p) for p in paths)}")
             return
-        parent = latest_parent(args.experiment) if args.latest_parent else args.parent
-        records = records_from_mlflow(args.experiment, parent, args.runs.split(",") if args.runs else None)
+        n = args.latest_parents or (1 if args.latest_parent else 0)
+        parents = latest_parents(args.experiment, n) if n else [args.parent]
+        records = [
+            r
+            for p in parents
+            for r in records_from_mlflow(args.experiment, p, args.runs.split(",") if args.runs else None)
+        ]
+        parent = ", ".join(p for p in parents if p) or None
         if not records:
             raise ConfigError(
                 f"no finished jobs in experiment {args.experiment}{' under parent ' + parent if parent else ''}"

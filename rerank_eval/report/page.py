@@ -77,7 +77,8 @@ def write_report(
             "Judged@10 of the first stage's and the reranked top 10, and the change in nDCG@10 on condensed lists "
             "(unjudged documents dropped before cutting at 10, as trec_eval -J or ir_measures' judged_only do) "
             "beside the reported change. Flagged: the reranked list is less judged and its condensed change has "
-            "the other sign or under half the size, so the reported gain may sit in unjudged documents.",
+            "the other sign or under half the size, so the reported gain may sit in unjudged documents (or a "
+            "reported loss be partly documents nobody judged: unjudged counts as non-relevant).",
             "",
             judged,
         ]
@@ -94,8 +95,8 @@ def write_report(
             "",
             "Tie rate: the share of adjacent candidates with equal scores (the harness breaks them by first-stage "
             "rank and writes strictly decreasing scores, so any evaluator reads its order). Where a run has ties, "
-            "the range of nDCG@10 over 100 random orders of the tied documents shows how much the figure depends "
-            "on that choice. Tokens truncated: the share of the candidates' tokens the model's max_length cut off.",
+            "the lowest and highest nDCG@10 any order of the tied documents gives (exact: each tied run sorted by "
+            "judgement both ways) shows how much the figure depends on that choice. Tokens truncated: the share of the candidates' tokens the model's max_length cut off.",
             "",
             ties,
         ]

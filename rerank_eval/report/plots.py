@@ -78,6 +78,8 @@ def plot_depth(
     ceiling (the oracle reordering, dashed) and the knee (a star): how much deeper candidates could help and how
     much of it the reranker takes."""
     plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = iter(plt.get_cmap("tab10").colors * 4)
     knee_at = {(k["dataset"], k["first stage"], k["reranker"]): k["knee"] for k in knees}
@@ -99,6 +101,9 @@ def plot_depth(
             ax.annotate(f"knee {k}", (k, by_depth[k].metrics[metric]), xytext=(4, -12), textcoords="offset points",
                         fontsize=7)  # fmt: skip
     ax.set_xscale("log")
+    depths = sorted({d for by_depth in depth_groups(records).values() for d in by_depth})
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("candidate depth (documents reranked)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)

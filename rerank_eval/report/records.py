@@ -87,20 +87,22 @@ def records_from_dirs(dirs: Sequence[Path]) -> list[JobRecord]:
     ]
 
 
-def latest_parent(experiment: str, uri: str | None = None) -> str:
-    """The newest parent run (a sweep's or the bench's) of an MLflow experiment."""
+def latest_parents(experiment: str, n: int = 1, uri: str | None = None) -> list[str]:
+    """The ``n`` newest parent runs (sweeps' or the bench's) of an MLflow experiment, oldest first."""
     from ..tracking import tracker_for
 
     t = tracker_for(experiment, uri)
     found = t.client.search_runs(
         [t.experiment_id],
         filter_string="tags.parent = 'true'",
-        max_results=1,
+        max_results=n,
         order_by=["attributes.start_time DESC"],
     )
-    if not found:
-        raise ConfigError(f"no parent run in experiment {experiment}; run a sweep or make bench first")
-    return found[0].info.run_id
+    if len(found) < n:
+        raise ConfigError(
+            f"experiment {experiment} has {len(found)} parent runs, not {n}; run the sweeps or make bench first"
+        )
+    return [r.info.run_id for r in reversed(found)]
 
 
 def download_job(

@@ -218,6 +218,12 @@ def headroom_table(records: Sequence[JobRecord]) -> str:
     return _md(head, rows)
 
 
+def _unjudged_flag(analysis: dict, delta: float) -> str:
+    if not analysis.get("gain_in_unjudged"):
+        return ""
+    return "**gain may sit in unjudged documents**" if delta > 0 else "**loss may be unjudged documents**"
+
+
 def judgement_table(records: Sequence[JobRecord]) -> tuple[str, list[str]]:
     """Where the qrels judge non-relevant documents: judged@10 of both lists, the condensed-list change next to
     the reported one, and a flag where the gain may sit in unjudged documents. Also the datasets whose qrels hold
@@ -241,7 +247,7 @@ def judgement_table(records: Sequence[JobRecord]) -> tuple[str, list[str]]:
                 _num(pq[f"reranked.{j}"].mean(), ".3f") if j else "n/a",
                 _num(r.metrics[HEADLINE] - r.first_stage[HEADLINE], ".4f", signed=True),
                 _num(a["delta_condensed_ndcg_at_10"], ".4f", signed=True),
-                "**gain may sit in unjudged documents**" if a.get("gain_in_unjudged") else "",
+                _unjudged_flag(a, r.metrics[HEADLINE] - r.first_stage[HEADLINE]),
             ]
         )
     head = ["dataset", "first stage", "reranker", "candidates", "judged@10 before", "after", "Δ nDCG@10",
@@ -272,7 +278,7 @@ def tie_table(records: Sequence[JobRecord]) -> str:
             ]
         )
     head = ["dataset", "first stage", "reranker", "candidates", "first stage tie rate", "tie rate", "nDCG@10",
-            "nDCG@10 over random tie orders", "tokens truncated"]  # fmt: skip
+            "nDCG@10 over all tie orders", "tokens truncated"]  # fmt: skip
     return _md(head, rows) if rows else ""
 
 
