@@ -38,23 +38,29 @@ def _diffs(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
 
 
 def bootstrap_ci(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     confidence: float = 0.95,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of a mean (queries resampled with replacement, fixed seed)."""
+) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap confidence interval of a mean (queries resampled with replacement, fixed seed). A 2-D
+    array (queries x columns) gives one interval per column, every column resampled with the same queries."""
     v = np.asarray(values, dtype=float)
+    flat = v.ndim == 1
+    v = v.reshape(len(v), -1)
     if len(v) == 0:
-        return float("nan"), float("nan")
+        nan = np.full(v.shape[1], np.nan)
+        return (float("nan"), float("nan")) if flat else (nan, nan)
     rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
+    means = np.empty((n_resamples, v.shape[1]))
     for start in range(0, n_resamples, 1000):  # bounded memory for large query sets
         stop = min(start + 1000, n_resamples)
-        means[start:stop] = v[rng.integers(0, len(v), size=(stop - start, len(v)))].mean(axis=1)
+        idx = rng.integers(0, len(v), size=(stop - start, len(v)))
+        for c in range(v.shape[1]):  # column by column: each column's means are the same as on its own
+            means[start:stop, c] = v[:, c][idx].mean(axis=1)
     tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    low, high = np.quantile(means, [tail, 1 - tail], axis=0)
+    return (float(low[0]), float(high[0])) if flat else (low, high)
 
 
 def effect_size(a: Sequence[float], b: Sequence[float]) -> float:
