@@ -296,8 +296,8 @@ def run_experiment(
         analysis |= an.ties(qrels, res.first_stage, "first_stage_", rl)
     usage = getattr(reranker, "usage", None)  # API rerankers: requests, tokens or search units, and cost
     ledger: dict[str, float] = {}
+    texts = {q.query_id: q.text for q in dataset.queries()}
     if reranker is not None:
-        texts = {q.query_id: q.text for q in dataset.queries()}
         docs = dataset.docs(sorted({d.doc_id for h in res.reranked.values() for d in h}))
         fallback = _tokenizer(context_tokenizer) if context_tokenizer else None
         figures, frame = an.truncation(reranker, fallback, texts, qrels, res.reranked, docs, rl)
@@ -359,12 +359,9 @@ def run_experiment(
     for frame in columns:
         table = table.join(frame)
     write_atomic(out / "per_query.csv", table.to_csv())
-    if (
-        reranker is not None and an.HEADLINE.name in per_query
-    ):  # the queries it helped and hurt most, for a look
-        h = an.HEADLINE.name
+    h = an.HEADLINE.name
+    if reranker is not None and h in per_query:  # the queries it helped and hurt most, for a look
         found = changes(_ids(res.first_stage), _ids(res.reranked), first[h], per_query[h], qrels)
-        texts = {q.query_id: q.text for q in dataset.queries()}
         write_diff(out, found, texts, dataset.docs, f"first stage {retriever.name}", rr_name, h)
     summary = {
         "name": name,

@@ -41,7 +41,6 @@ class JobRecord:
     origin: dict[str, str] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)  # figures not reported, and why
     config: dict = field(default_factory=dict)
-    folder: Path | None = None  # where its run files are (None: read from MLflow, not kept)
 
     @property
     def stats(self) -> tuple[int, int]:
@@ -74,7 +73,6 @@ class JobRecord:
             s.get("origin") or {},
             s.get("absent") or {},
             s.get("config") or {},
-            summary_path.parent,
         )
 
 
@@ -151,7 +149,5 @@ def records_from_mlflow(
             dest = Path(tmp) / run.info.run_id
             dest.mkdir()
             tracker.download(run.info.run_id, list(JOB_FILES), dest)
-            record = JobRecord.from_files(dest / "metrics.json", dest / "per_query.csv", run.info.run_id)
-            record.folder = None
-            out.append(record)
+            out.append(JobRecord.from_files(dest / "metrics.json", dest / "per_query.csv", run.info.run_id))
     return out
