@@ -94,10 +94,10 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
 
     from .cache import ScoreCache
     from .config import build_components, flatten
-    from .engine import cache_root
     from .evaluation import parse_metrics
     from .experiment import run_experiment
     from .files import write_atomic
+    from .paths import cache_root
     from .pipeline import check_depths
     from .tracking import tracker_for
 

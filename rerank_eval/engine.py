@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, ConfigError
+from .paths import cache_root
 from .provenance import model_identity, scoring_code
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -694,12 +695,6 @@ def _progress(total: int, enabled: bool, desc: str, unit: str = "pair"):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False)
-
-
-def cache_root() -> Path:
-    """Where caches live: ``$RERANK_EVAL_CACHE``, else ``<project>/.cache``."""
-    env = os.environ.get("RERANK_EVAL_CACHE")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / ".cache"
 
 
 _BI_ENCODERS: dict[tuple, BiEncoder] = {}

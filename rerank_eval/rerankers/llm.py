@@ -19,8 +19,8 @@ import contextlib
 import re
 from collections.abc import Sequence
 
-from ..engine import cache_root
 from ..errors import ConfigError
+from ..paths import cache_root
 from ..provenance import scoring_code
 from ..types import Doc, Query
 from .api import RateLimiter, RerankerCallError, ResponseCache, Usage, api_key, describe, refuse_key, require
