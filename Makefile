@@ -16,13 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,cohere,anthropic]"
+	$(PY) -m pip install -q -e ".[dev,cohere,anthropic,submitit]"
 	touch $@
 
 venv: $(VENV)/.installed  ## create .venv and install the project (CPU torch by default: TORCH_SPEC=torch for CUDA)
 
-bench: venv  ## the standard offline study: MLflow runs, results/bench.md and results/bench.png
-	$(PY) -m rerank_eval.bench
+bench: venv  ## the standard offline study (conf/experiment/bench.yaml): MLflow runs, results/bench.md, .png, bench-report/
+	$(VENV)/bin/rerank-eval -m +experiment=bench
 
 test: venv  ## the test suite (slow checks excluded)
 	$(PY) -m pytest -q
@@ -38,7 +38,7 @@ reliability: venv  ## the reliability suite, slow parts and all 25 kill points (
 	RELIABILITY_REPORT=results/reliability.md $(PY) -m pytest -q -m "" tests/reliability
 
 lint: venv  ## ruff
-	$(VENV)/bin/ruff check rerank_eval tests
+	$(VENV)/bin/ruff check rerank_eval hydra_plugins tests
 
 perf: venv  ## throughput benchmark: results/perf.md
 	$(PY) -m rerank_eval.perf
@@ -47,7 +47,7 @@ sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
 	$(PY) benchmarks/sweep_cost.py
 
 report: venv  ## the full comparison report of the latest bench, from MLflow: results/bench-report/
-	$(PY) -m rerank_eval.report --experiment bench --latest-parent --out results/bench-report
+	$(VENV)/bin/rerank-eval-report --experiment bench --latest-parent --out results/bench-report
 
 screenshot: venv chromium  ## the MLflow UI's compare view of a depth sweep, in headless Chromium: results/mlflow_compare.png
 	$(PY) scripts/mlflow_screenshot.py

@@ -1,8 +1,10 @@
-"""``python -m rerank_eval.ask [overrides] "a question"``: retrieve, rerank and print the top_k documents with
-their scores; with ``ANTHROPIC_API_KEY`` set, Claude also answers from the reranked context (the RAG use).
+"""``rerank-eval-ask [overrides] "a question"`` (or ``python -m rerank_eval.ask``): retrieve, rerank and print
+the top_k documents with their scores; with ``ANTHROPIC_API_KEY`` set, Claude also answers from the reranked context (the RAG use).
 
 Overrides are the job's (``dataset=scifact reranker=cross_encoder reranker.model=... candidates=50 top_k=5``);
-``--no-answer`` skips generation; ``ANTHROPIC_BASE_URL`` and ``RERANK_EVAL_ASK_MODEL`` pick the endpoint and model.
+the question is every word that is not an override of a config key, or everything after ``--``, or
+``question="..."``; ``--no-answer`` skips generation; ``ANTHROPIC_BASE_URL`` and ``RERANK_EVAL_ASK_MODEL`` pick the
+endpoint and model.
 """
 
 from __future__ import annotations
@@ -70,24 +72,47 @@ def ask(cfg, question: str, answer: bool = True, out=sys.stdout) -> list[tuple[s
     return [(h.doc_id, h.score) for h in hits]
 
 
-def main(argv: list[str] | None = None) -> None:
-    from hydra import compose, initialize_config_dir
+def split_args(args: list[str], keys: set[str]) -> tuple[list[str], str, bool]:
+    """(overrides, question, answer) from the command line. The question is everything after ``--``, or
+    ``question=...``, or else every word that is not an override of a config key in ``keys`` (so "Is E=mc2
+    relevant?" stays a question)."""
+    import re
 
-    from .cli import CONF_DIR, check_group_choices, check_no_secret_inputs, friendly_errors
+    answer = "--no-answer" not in args
+    args = [a for a in args if a != "--no-answer"]
+    after = args[args.index("--") + 1 :] if "--" in args else None
+    overrides, loose, named = [], [], ""
+    for a in args[: args.index("--")] if after is not None else args:
+        m = re.match(r"[+~]{0,2}([A-Za-z_][\w.\-/]*)=", a)
+        if m and m.group(1) == "question":
+            named = a[m.end() :]
+        elif m and re.split(r"[./]", m.group(1))[0] in keys:
+            overrides.append(a)
+        else:
+            loose.append(a)
+    return overrides, " ".join(after if after is not None else loose).strip() or named.strip(), answer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``rerank-eval-ask [overrides] "a question"`` (``--`` before a question that looks like an override)."""
+    from hydra import compose, initialize_config_module
+
+    from .cli import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
 
     @friendly_errors
     def _main(args: list[str]) -> None:
-        no_answer = "--no-answer" in args
-        args = [a for a in args if a != "--no-answer"]
-        overrides = [a for a in args if "=" in a and not a.startswith("=")]
-        question = " ".join(a for a in args if a not in overrides).strip()
-        if not question:
-            raise ConfigError('ask needs a question: python -m rerank_eval.ask [overrides] "your question"')
-        check_group_choices(overrides)
-        check_no_secret_inputs(overrides)
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        full_errors()
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+            keys = set(compose("config")) | {"hydra"}
+            overrides, question, answer = split_args(args, keys)
+            if not question:
+                raise ConfigError(
+                    'ask needs a question: rerank-eval-ask [overrides] "your question" (or -- your question, '
+                    'or question="...")'
+                )
+            check_no_secret_inputs(overrides)
             cfg = compose("config", overrides=overrides)
-        ask(cfg, question, answer=not no_answer)
+        ask(cfg, question, answer=answer)
 
     _main(sys.argv[1:] if argv is None else argv)
 

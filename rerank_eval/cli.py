@@ -16,7 +16,9 @@ from typing import Any
 
 from .errors import ConfigError, RerankEvalError
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_MODULE = (
+    "rerank_eval.conf"  # the shipped configs, package data: Hydra reads them as pkg://rerank_eval.conf
+)
 PARENT_ENV = (
     "RERANK_EVAL_PARENT_RUN"  # set by the sweep callback: the MLflow run that a sweep's jobs belong to
 )
@@ -63,20 +65,28 @@ def _hydra_message(e: Exception) -> str:
     if unknown:
         add = f", or add it with {override.group(1)}" if override else ""
         key = getattr(e.__cause__, "full_key", None) or unknown.group(1)
-        return (
-            f"unknown config key {key!r}; check the spelling (python -m rerank_eval --cfg job "
-            f"prints the keys){add}"
-        )
-    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith("See http")]
+        return f"unknown config key {key!r}; check the spelling (rerank-eval --cfg job prints the keys){add}"
+    text = str(e)
+    options = re.search(r"Available options in '([^']+)':((?:\n[ \t]+\S+)+)", text)
+    if options:  # an unknown group choice: Hydra lists the options one a line
+        text = text[: options.start()].strip() + f"; choose {options.group(1)}= one of: "
+        text += ", ".join(options.group(2).split()) + " (a file of your own: --config-dir DIR)"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("See http")]
     return " ".join(lines) or type(e).__name__
 
 
-def _hydra_errors_propagate() -> None:
-    """Hydra prints its own errors over several lines and exits 1; let them reach ``friendly_errors`` instead.
-    A bug in a job then shows its whole traceback, as bugs should."""
-    import hydra._internal.utils as hydra_utils
+def full_errors() -> None:
+    """Have Hydra raise its errors (its documented ``HYDRA_FULL_ERROR``) instead of printing them over several
+    lines and exiting 1: ``friendly_errors`` folds them onto one line with exit 2, and a bug in a job shows its
+    whole traceback, as bugs should. A sweep's worker processes inherit it."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
-    hydra_utils.run_and_report = lambda func: func()
+
+def conf_dir() -> Path:
+    """The shipped config folder (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files(CONF_MODULE)))
 
 
 def resolved_config(cfg: Any) -> dict:
@@ -173,7 +183,7 @@ def _setup_logging() -> None:
 
 def config_dirs(argv: list[str]) -> list[Path]:
     """The shipped config folder and any a user adds with ``--config-dir``/``-cd``."""
-    dirs = [Path(CONF_DIR)]
+    dirs = [conf_dir()]
     for i, arg in enumerate(argv):
         if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
             dirs.append(Path(argv[i + 1]))
@@ -206,33 +216,17 @@ def check_no_secret_inputs(argv: list[str]) -> None:
             check_no_secrets(node, str(path))
 
 
-def check_group_choices(argv: list[str]) -> None:
-    """Refuse an unknown ``group=option`` (e.g. ``dataset=scifactt``) in one line that lists the choices."""
-    dirs = config_dirs(argv)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        group = key.lstrip("+~")
-        folders = [d / group for d in dirs if (d / group).is_dir()]
-        if not sep or "." in group or not folders:
-            continue
-        choices = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-        for option in value.split(","):  # a sweep lists several
-            if option not in choices:
-                raise ConfigError(f"unknown {group} {option!r}; choose {group}= one of: {', '.join(choices)}")
-
-
 @friendly_errors
 def main() -> None:
-    """``python -m rerank_eval [overrides]``: one job, or a sweep with ``-m``."""
+    """``rerank-eval [overrides]`` (or ``python -m rerank_eval``): one job, or a sweep with ``-m``."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     _setup_logging()
-    _hydra_errors_propagate()
-    check_group_choices(sys.argv[1:])
+    full_errors()
     check_no_secret_inputs(sys.argv[1:])
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    @hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="config")
     @friendly_errors
     def _job(cfg) -> float:
         res = run_from_config(cfg, HydraConfig.get().runtime.output_dir)

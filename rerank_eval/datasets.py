@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
@@ -24,7 +23,6 @@ from .types import Doc, Qrels, Query
 
 log = logging.getLogger("rerank_eval")
 DATA_ENV = "RERANK_EVAL_DATA"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Dataset(Protocol):
@@ -330,15 +328,15 @@ class _IrdsGuard:
 
 
 def local_folder(folder: str | None, path: str | None) -> Path | None:
-    """Where a dataset's local copy is: ``path`` if given, else ``$RERANK_EVAL_DATA/<folder>``, else
-    ``<project>/../shared/data/<folder>``; None when no such folder exists."""
+    """Where a dataset's local copy is: ``path`` if given, else ``<root>/<folder>`` for the first of
+    ``paths.data_roots()`` that has it (``$RERANK_EVAL_DATA``, ``./data``, ``../shared/data``); None when none has."""
     if path:
         return Path(path).expanduser()
     if not folder:
         return None
-    roots = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
-    roots.append(PROJECT_ROOT.parent / "shared" / "data")
-    for root in roots:
+    from .paths import data_roots
+
+    for root in data_roots():
         if (root / folder).is_dir():
             return root / folder
     return None

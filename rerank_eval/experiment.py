@@ -430,13 +430,25 @@ def run_experiment(
         ]
         run_id = tracker.log_job(
             name,
-            params or {},
+            {
+                **(params or {}),  # then the pipeline in its own words, the columns a comparison needs first
+                "dataset": dataset.name,
+                "first_stage": retriever.name,
+                "reranker": rr_name,
+                "dtype": getattr(reranker, "dtype", None) or "n/a",
+            },
             mlflow_metrics,
             tags,
             artifacts,
             parent_run_id=parent_run_id,
             steps={"recall_curve": recall_curve},
             start_time=started,
+            dataset={
+                "name": dataset.name,
+                "digest": dataset.fingerprint,
+                "source": dataset.source,
+                "context": getattr(dataset, "split", "eval"),
+            },
         )
         summary["mlflow_run_id"] = run_id
         shutil.rmtree(pending, ignore_errors=True)
@@ -473,8 +485,8 @@ def _reuse(
     tracker.download(run_id, [*files, "metrics.json"], out)
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     summary.update(mlflow_run_id=run_id, reused=True)
-    if parent_run_id:
-        tracker.log(parent_run_id, tags={f"reused.{run_id}": name})
+    if parent_run_id:  # the sweep's parent lists it too, as a child pointing to the original
+        tracker.log_reused(run_id, parent_run_id)
     write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
     table = pd.read_csv(out / "per_query.csv", index_col="query_id", dtype={"query_id": str})
     per_query = table[[f"reranked.{m.name}" for m in metrics]].rename(

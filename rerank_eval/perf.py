@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # perf measures the engine's throughput mode: bf16 where the hardware has it, packed batches. Evaluation jobs default
 # to fp32, one pair a forward (scores independent of batching); README "What the figures mean" gives that cost.
 THROUGHPUT = {"dtype": "auto", "batch_invariant": False}
@@ -30,9 +29,9 @@ THROUGHPUT = {"dtype": "auto", "batch_invariant": False}
 def _data_root(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    if os.environ.get("RERANK_EVAL_DATA"):
-        return Path(os.environ["RERANK_EVAL_DATA"])
-    return PROJECT_ROOT.parent / "shared" / "data"
+    from .paths import data_roots
+
+    return next((r for r in data_roots() if (r / "msmarco-dl19-passage").is_dir()), data_roots()[-1])
 
 
 def dl19_pairs(root: Path, limit: int | None = None) -> list[tuple[str, str]]:
@@ -369,6 +368,8 @@ def render(res: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    from .paths import results_dir, shared_dir
+
     ap = argparse.ArgumentParser(
         prog="python -m rerank_eval.perf",
         description=__doc__,
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument(
         "--model",
-        default=str(PROJECT_ROOT.parent / "shared" / "models" / "scifact-minilm-l6-ce"),
+        default=str(shared_dir() / "models" / "scifact-minilm-l6-ce"),
         help="cross-encoder to time (speed does not depend on its weights)",
     )
     ap.add_argument("--data", default=None, help="folder holding scifact/ and msmarco-dl19-passage/")
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the cross-encoder")
     ap.add_argument("--no-packed", action="store_true", help="padded batches even for BERT-family models")
     ap.add_argument("--bi-model", default="sentence-transformers/all-MiniLM-L6-v2")
-    ap.add_argument("--out", default=str(PROJECT_ROOT / "results" / "perf.md"))
+    ap.add_argument("--out", default=str(results_dir() / "perf.md"))
     args = ap.parse_args(argv)
     from .engine import pick_device
 

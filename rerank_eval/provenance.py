@@ -85,14 +85,10 @@ def code_version() -> str:
     except metadata.PackageNotFoundError:
         version = "0"
     h = hashlib.sha256()
-    roots = [PACKAGE_DIR, PACKAGE_DIR.parent / "conf"]
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for f in sorted(root.rglob("*")):
-            if f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(root.parent)).encode())
-                h.update(f.read_bytes())
+    for f in sorted(PACKAGE_DIR.rglob("*")):  # the configs ship inside the package
+        if f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(PACKAGE_DIR.parent)).encode())
+            h.update(f.read_bytes())
     return f"{version}+{h.hexdigest()[:12]}"
 
 

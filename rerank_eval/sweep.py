@@ -1,14 +1,18 @@
 """Hydra callback for multiruns: one MLflow parent run per sweep, its jobs as children, and the sweep's report.
 
-On start it opens the parent run and hands its id to the jobs (``RERANK_EVAL_PARENT_RUN``, inherited by the
-joblib launcher's workers). On end it reads the jobs' folders, writes ``report.md`` and the plots into the sweep
-folder, and logs them, with the best configuration per metric, to the parent run.
+On start it opens the parent run (named after the study where one is named) and hands its id to the jobs
+(``RERANK_EVAL_PARENT_RUN``, inherited by the joblib and submitit launchers' workers). On end it reads the jobs'
+folders, writes ``report.md`` and the plots into the sweep folder (and a named study's table, plot and report
+into ``report.results``), and logs them, with the best configuration per metric, to the parent run.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,48 +28,81 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent: str | None = None
         self.tracker = None
+        self.started = time.time()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self.started = time.time()
         if not config.get("mlflow", {}).get("enabled", True):
             return
         from .tracking import Tracker
 
+        study = (config.get("report") or {}).get("study")
         self.tracker = Tracker(config.mlflow.experiment)
         overrides = " ".join(config.hydra.overrides.task)
         self.parent = self.tracker.start_run(
-            f"sweep-{datetime.now():%Y-%m-%d_%H-%M-%S}",
-            {"parent": "true", "sweep_overrides": overrides[:5000], "sweep_dir": str(config.hydra.sweep.dir)},
+            f"{study or 'sweep'}-{datetime.now():%Y-%m-%d_%H-%M-%S}",
+            {
+                "parent": "true",
+                "sweep_overrides": overrides[:5000],
+                "sweep_dir": str(config.hydra.sweep.dir),
+                **({"study": study} if study else {}),
+            },
         )
         os.environ[PARENT_ENV] = self.parent
+        atexit.register(self._abandoned)  # a sweep that stops before its end (a refused job, a failure)
         log.info("sweep: MLflow parent run %s in experiment %s", self.parent, config.mlflow.experiment)
 
+    def _abandoned(self) -> None:
+        """Close a parent run the sweep's end never reached as FAILED, rather than leave it RUNNING."""
+        if self.parent is not None:
+            with contextlib.suppress(Exception):
+                self.tracker.finish(self.parent, ok=False)
+            self.parent = None
+
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        if self.parent is None:
-            return
         from .evaluation import metric_key
-        from .report import (
-            best_per_metric,
-            comparison_frame,
-            distinct_comparisons,
-            knees,
-            records_from_dirs,
-            write_report,
-        )
+        from .report import best_per_metric, comparison_frame, distinct_comparisons, knees, records_from_dirs
+        from .report.page import write_report
+        from .report.study import write_study
 
         os.environ.pop(PARENT_ENV, None)
         sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted(
+            (p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+        )
+        if not jobs:  # a study whose every entry was skipped: no empty parent run left behind
+            if self.parent is not None:
+                self.tracker.client.delete_run(self.parent)
+                self.parent = None
+            log.info("sweep: no jobs ran")
+            return
         ok = False
         try:
-            jobs = sorted(
-                (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-            )
             records = records_from_dirs(jobs)
-            if records:
-                test = config.get("significance", "student")
-                tolerance = float((config.get("report") or {}).get("knee_tolerance", 0.01))
-                paths = write_report(
-                    records, sweep_dir / "report", f"sweep {sweep_dir}", test, knee_tolerance=tolerance
+            test = config.get("significance", "student")
+            rep = config.get("report") or {}
+            tolerance = float(rep.get("knee_tolerance", 0.01))
+            wall = time.time() - self.started
+            pairs = int(sum(r.counts.get("pairs_scored", 0) for r in records))
+            paths = write_report(
+                records, sweep_dir / "report", f"sweep {sweep_dir}", test, knee_tolerance=tolerance
+            )
+            if rep.get("results") and rep.get("study"):
+                overrides = " ".join(config.hydra.overrides.task)
+                intro = (
+                    f"Command: `rerank-eval -m {overrides}`: {len(records)} jobs, {wall / 60:.1f} min wall on "
+                    f"this machine ({pairs:,} query-document pairs scored; the rest came from the score cache)."
+                    + (
+                        f" MLflow parent run `{self.parent}` in experiment `{config.mlflow.experiment}`."
+                        if self.parent
+                        else ""
+                    )
                 )
+                out = Path(rep["results"])
+                paths += write_study(records, out, rep["study"], intro, test, tolerance)
+                log.info("study %s: wrote %s", rep["study"], ", ".join(str(p) for p in paths[-3:]))
+            log.info("sweep: %d jobs; report in %s", len(records), sweep_dir / "report")
+            if self.parent is not None:
                 found = knees(records, tolerance, test)
                 best = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
                 self.tracker.log(
@@ -73,6 +110,8 @@ class SweepCallback(Callback):
                     artifacts=paths,
                     metrics={
                         "jobs": len(records),
+                        "wall_s": wall,
+                        "pairs_scored": pairs,
                         "distinct_comparisons": distinct_comparisons(comparison_frame(records, test=test)),
                         **{f"best_{metric_key(m)}": v for m, (_, v) in best.items()},
                         **knee_metrics(found),
@@ -82,10 +121,11 @@ class SweepCallback(Callback):
                         **({"knee_tolerance": str(tolerance)} if found else {}),
                     },
                 )
-                log.info("sweep: %d jobs; report in %s", len(records), sweep_dir / "report")
             ok = len(records) == len(jobs)
         finally:
-            self.tracker.finish(self.parent, ok=ok)
+            if self.parent is not None:
+                self.tracker.finish(self.parent, ok=ok)
+                self.parent = None
 
 
 def knee_metrics(found: list[dict]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .errors import ConfigError, OutputError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent  # for the git commit of a checkout, never for outputs
 PACKAGES = (
     "rerank-eval",
     "torch",
@@ -32,19 +33,21 @@ PACKAGES = (
 
 
 def default_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlruns.db'}"
+    from .paths import mlflow_uri
+
+    return mlflow_uri()
 
 
 @functools.cache
 def git_commit() -> str:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = (
             subprocess.run(  # no optional locks: a job killed mid-call must leave no .git/index.lock behind
                 ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-                cwd=PROJECT_ROOT,
+                cwd=PACKAGE_DIR,
                 capture_output=True,
                 text=True,
                 timeout=10,
@@ -239,6 +242,41 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
+        """The run's MLflow dataset input (what ``mlflow.log_input`` logs): the collection's content hash as its
+        digest, its ir_datasets id (``irds:<id>``) or folder as its source."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        irds = source.startswith("irds:")
+        entity = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="ir_datasets" if irds else "local",
+            source=json.dumps({"id": source.removeprefix("irds:")} if irds else {"uri": source}),
+        )
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+    def log_reused(self, run_id: str, parent_run_id: str) -> str:
+        """A child of ``parent_run_id`` standing for the finished run ``run_id`` that a resumed sweep reused: its
+        params, metrics and tags (not its fingerprint: resuming finds the original) and ``reused_from``, so the
+        parent lists every job of the sweep. Its files stay with the original run."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        old = self.client.get_run(run_id)
+        tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") and k != "fingerprint"}
+        new = self.start_run(old.info.run_name, {**tags, "reused_from": run_id}, parent_run_id)
+        params = [Param(k, v) for k, v in old.data.params.items()]
+        for start in range(0, len(params), 90):
+            self.client.log_batch(new, params=params[start : start + 90])
+        metrics = [Metric(k, v, old.info.end_time or 0, 0) for k, v in old.data.metrics.items()]
+        for start in range(0, len(metrics), 900):
+            self.client.log_batch(new, metrics=metrics[start : start + 900])
+        self.client.log_batch(new, tags=[RunTag("reused_from", run_id)])
+        if old.inputs and old.inputs.dataset_inputs:
+            self.client.log_inputs(new, list(old.inputs.dataset_inputs))
+        self.finish(new)
+        return new
+
     def close_stale(self, fingerprint: str) -> int:
         """Mark runs of this fingerprint that a killed process left RUNNING as KILLED; returns how many."""
         runs = self.client.search_runs(
@@ -268,8 +306,11 @@ class Tracker:
         parent_run_id: str | None = None,
         steps: Mapping[str, Mapping[int, float]] | None = None,
         start_time: float | None = None,
+        dataset: Mapping[str, str] | None = None,
     ) -> str:
         """Create one finished run holding a job's results (started when the job did) and return its id.
+        ``dataset`` (name, digest, source, context) is logged as the run's MLflow dataset input, so that the UI's
+        dataset column and filters show it.
 
         Raises:
             OutputError: the store failed part-way; the run is marked FAILED where the store still answers.
@@ -279,6 +320,8 @@ class Tracker:
         except Exception as e:
             raise self._store_error(e) from None
         try:
+            if dataset:
+                self.log_dataset(run_id, **dataset)
             self.log(run_id, params, metrics, None, artifacts, steps)
         except BaseException as e:
             with contextlib.suppress(Exception):

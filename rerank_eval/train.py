@@ -185,12 +185,14 @@ def train_cross_encoder(
 
 
 def main() -> None:
-    """``python -m rerank_eval.train [overrides]`` (conf/train.yaml)."""
+    """``rerank-eval-train [overrides]`` (or ``python -m rerank_eval.train``; the recipe is conf/train.yaml)."""
     import hydra
 
-    from .cli import CONF_DIR, check_no_secret_inputs, friendly_errors
+    from .cli import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+    full_errors()
+
+    @hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="train")
     @friendly_errors
     def _train(cfg) -> None:
         from omegaconf import OmegaConf

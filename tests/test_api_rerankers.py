@@ -280,8 +280,8 @@ def test_ask_prints_the_reranked_documents_and_an_answer(tmp_path, monkeypatch):
     assert "answer (claude-sonnet-4-20250514):" in proc.stdout and len(emu.requests) == 1
     assert "Answer the query from the passages" in emu.bodies[0]["messages"][0]["content"]
     env.pop("ANTHROPIC_API_KEY")
-    proc = subprocess.run(
-        [sys.executable, "-m", "rerank_eval.ask", *over, "what do cats eat"],
+    proc = subprocess.run(  # a question holding "=" is still the question
+        [sys.executable, "-m", "rerank_eval.ask", *over, "what do cats eat, E=mc2?"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -289,6 +289,7 @@ def test_ask_prints_the_reranked_documents_and_an_answer(tmp_path, monkeypatch):
         timeout=300,
     )
     assert "(set ANTHROPIC_API_KEY to have Claude answer" in proc.stdout
+    assert proc.stdout.splitlines()[0].endswith(") for: what do cats eat, E=mc2?")
     bad = subprocess.run(
         [sys.executable, "-m", "rerank_eval.ask", *over],
         cwd=ROOT,
@@ -298,3 +299,22 @@ def test_ask_prints_the_reranked_documents_and_an_answer(tmp_path, monkeypatch):
         timeout=300,
     )
     assert bad.returncode == 2 and "ask needs a question" in bad.stderr
+
+
+def test_ask_takes_any_question():
+    from rerank_eval.ask import split_args
+
+    keys = {"dataset", "reranker", "candidates", "top_k", "hydra"}
+    want = (["dataset=scifact"], "Is E=mc2 relevant?", True)
+    assert split_args(["dataset=scifact", "Is E=mc2 relevant?"], keys) == want  # one quoted argument
+    assert split_args(["dataset=scifact", "Is", "E=mc2", "relevant?"], keys) == want  # unquoted words
+    assert split_args(["dataset=scifact", "--", "top_k=3", "is", "best?"], keys) == (
+        ["dataset=scifact"],
+        "top_k=3 is best?",
+        True,
+    )  # after --, everything is the question
+    assert split_args(["question=top_k=5?", "reranker.model=x", "--no-answer"], keys) == (
+        ["reranker.model=x"],
+        "top_k=5?",
+        False,
+    )

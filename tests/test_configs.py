@@ -4,22 +4,21 @@ from pathlib import Path
 
 import pytest
 from conftest import CE_MODEL
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
-from rerank_eval.cli import CONF_DIR
+from rerank_eval.cli import CONF_MODULE, conf_dir
 from rerank_eval.config import build, build_components, check_no_secrets, flatten
 from rerank_eval.datasets import BeirDirDataset, IrDatasetsDataset
 from rerank_eval.errors import ConfigError
 
 GROUPS = {
-    g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
-    for g in ("dataset", "retriever", "reranker")
+    g: sorted(p.stem for p in (conf_dir() / g).glob("*.yaml")) for g in ("dataset", "retriever", "reranker")
 }
 LOCAL = {"scifact", "msmarco-dl19", "vaswani", "cranfield"}
 
 
 def compose_cfg(*overrides, name="config"):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return compose(name, overrides=list(overrides))
 
 
@@ -123,14 +122,37 @@ def test_secrets_are_refused_and_redacted():
     assert flat == {"reranker.api_key": "***", "reranker.api_key_env": "X", "reranker.batch_tokens": "1"}
 
 
-def test_bench_plan_includes_api_rerankers_only_with_their_keys():
-    from omegaconf import OmegaConf
+def study(name: str, environ: dict) -> tuple[list[list[str]], list[str]]:
+    """A study overlay's jobs (each its overrides, as the study sweeper builds them) and what it skipped."""
+    import itertools
 
-    from rerank_eval.bench import plan
+    from hydra_plugins.rerank_eval_study.study_sweeper import axis_entries
 
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "bench.yaml"), resolve=True)
-    jobs, skipped = plan(cfg, environ={})
-    assert len(jobs) == 3 * 3 + 5 * 3 and skipped == ["cohere (COHERE_API_KEY)", "llm (ANTHROPIC_API_KEY)"]
-    jobs, skipped = plan(cfg, environ={"COHERE_API_KEY": "x"})
-    assert len(jobs) == 3 * 4 + 5 * 4 and skipped == ["llm (ANTHROPIC_API_KEY)"]
-    assert ("msmarco-dl19", "splade-pp-ed", "cohere") in {j[:3] for j in jobs}
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("StudySweeper")
+    axes, skipped = axis_entries(cfg.hydra.sweeper.axes, environ)
+    return [[o for part in combo for o in part] for combo in itertools.product(*axes)], skipped
+
+
+def test_the_bench_study_lists_its_pipelines_and_joins_api_rerankers_only_with_their_keys():
+    jobs, skipped = study("bench", environ={})
+    assert len(jobs) == 8 * 3 and skipped == ["cohere (COHERE_API_KEY)", "llm (ANTHROPIC_API_KEY)"]
+    assert ["dataset=msmarco-dl19", "retriever=run", "retriever.name=splade-pp-ed", "reranker=none"] in jobs
+    jobs, skipped = study("bench", environ={"COHERE_API_KEY": "x"})
+    assert len(jobs) == 8 * 4 and skipped == ["llm (ANTHROPIC_API_KEY)"]
+    ce = next(j for j in jobs if "reranker=cross_encoder" in j)
+    assert "reranker.max_length=256" in ce and any(o.endswith("scifact-minilm-l6-ce") for o in ce)
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):  # every job composes
+        for job in jobs:
+            cfg = compose("config", overrides=["+experiment=bench", *job])
+            assert cfg.candidates == 100 and cfg.mlflow.experiment == "bench" and cfg.report.study == "bench"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
+def test_every_study_composes(name):
+    jobs, skipped = study(name, environ={})
+    assert jobs or skipped
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        for job in jobs:
+            compose("config", overrides=[f"+experiment={name}", *job])

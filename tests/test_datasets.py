@@ -189,3 +189,60 @@ def test_missing_folder_and_split(tmp_path):
         BeirDirDataset(tmp_path / "nope")
     with pytest.raises(DataError, match=r"no qrels for split 'dev'; available splits: \['test'\]"):
         BeirDirDataset(TINY, split="dev")
+
+
+IRDS_CHECK = """
+import json, sys
+from rerank_eval.datasets import load_dataset
+from rerank_eval.experiment import run_experiment
+from rerank_eval.evaluation import parse_metrics
+from rerank_eval.retrievers.bm25 import BM25Retriever
+
+irds = load_dataset("scifact", irds_id="beir/scifact/test", source="irds")
+local = load_dataset("scifact", folder="scifact", source="local")
+ids = [d.doc_id for d in local.corpus()]
+out = {
+    "kind": type(irds).__name__,
+    "queries": irds.queries() == local.queries(),
+    "qrels": irds.qrels() == local.qrels(),
+    "docs": irds.docs(ids) == local.docs(ids),
+    "count": len(ids),
+}
+for name, ds in (("irds", irds), ("local", local)):
+    res = run_experiment(ds, BM25Retriever(), None, candidates=100, top_k=10, metrics=parse_metrics(["ndcg@10"]),
+                         output_dir=sys.argv[1] + "/" + name, progress=False)
+    out[name] = res.metrics["ndcg@10"]
+print(json.dumps(out))
+"""
+
+
+def test_the_ir_datasets_id_loads_offline_from_a_prepared_home_and_scores_as_the_local_folder(tmp_path):
+    """ir_datasets fed the file its download step writes (``<IR_DATASETS_HOME>/beir/scifact/source.zip``, here
+    built from ../shared/data/scifact) loads ``beir/scifact/test`` without the network, through its own code:
+    the same queries, qrels and documents as the BEIR folder, and the same BM25 nDCG@10."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    src = DATA / "scifact"
+    home = tmp_path / "irds"
+    (home / "beir" / "scifact").mkdir(parents=True)
+    with zipfile.ZipFile(home / "beir" / "scifact" / "source.zip", "w") as z:
+        z.writestr("scifact/corpus.jsonl", gzip.decompress((src / "corpus.jsonl.gz").read_bytes()))
+        z.write(src / "queries.jsonl", "scifact/queries.jsonl")
+        z.write(src / "qrels" / "test.tsv", "scifact/qrels/test.tsv")
+    env = {**os.environ, "IR_DATASETS_HOME": str(home), "RERANK_EVAL_NO_PROGRESS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", IRDS_CHECK, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["kind"] == "IrDatasetsDataset" and got["count"] == 5183
+    assert got["queries"] and got["qrels"] and got["docs"]
+    assert got["irds"] == got["local"] == pytest.approx(0.6762, abs=5e-5)  # BM25 on SciFact, as the bench
+    assert (home / "beir" / "scifact" / "docs.pklz4").is_dir()  # ir_datasets built its own docstore

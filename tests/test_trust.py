@@ -15,7 +15,7 @@ import pytest
 import pytrec_eval
 from conftest import CE_MODEL, DL19_CE, TINY
 
-from rerank_eval.cli import CONF_DIR, run_from_config
+from rerank_eval.cli import CONF_MODULE, run_from_config
 from rerank_eval.datasets import BeirDirDataset
 from rerank_eval.errors import ConfigError, RerankEvalError
 from rerank_eval.evaluation import parse_metrics
@@ -40,9 +40,9 @@ DL19_RUNS = ["bm25", "bm25-rm3", "distilbert-kd-tasb", "openai-ada2", "splade-pp
 
 def compose(*overrides: str):
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+    with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
         return hydra_compose("config", overrides=list(overrides))
 
 

@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..paths import results_dir
 from .page import KNEE_TOLERANCE, write_report
 from .records import download_job, latest_parents, records_from_mlflow
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job_folder(ref: str, experiment: str, tmp: Path) -> Path:
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--out", default=None, help="folder (default results/<experiment>, or results/diff)")
         args = ap.parse_args(argv)
         if args.diff:
-            out = Path(args.out) if args.out else PROJECT_ROOT / "results" / "diff"
+            out = Path(args.out) if args.out else results_dir() / "diff"
             paths = diff(*args.diff, out, args.experiment, args.metric)
             print(f"diff: wrote {', '.join(str(p) for p in paths)}")
             return
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(
                 f"no finished jobs in experiment {args.experiment}{' under parent ' + parent if parent else ''}"
             )
-        out = Path(args.out) if args.out else PROJECT_ROOT / "results" / args.experiment
+        out = Path(args.out) if args.out else results_dir() / args.experiment
         paths = write_report(
             records,
             out,

@@ -126,23 +126,19 @@ def records_from_mlflow(
     if run_ids:
         runs = [tracker.client.get_run(r) for r in run_ids]
     else:
-        flt = "attributes.status = 'FINISHED' and tags.fingerprint != ''"
-        if parent:
-            flt += f" and tags.mlflow.parentRunId = '{parent}'"
+        flt = "attributes.status = 'FINISHED'"
+        flt += f" and tags.mlflow.parentRunId = '{parent}'" if parent else " and tags.fingerprint != ''"
         runs = tracker.client.search_runs(
             [tracker.experiment_id],
             filter_string=flt,
             max_results=5000,
             order_by=["attributes.start_time ASC"],
         )
-        if parent:  # jobs a resumed sweep reused belong to an earlier parent; this one lists them in its tags
-            tags = tracker.client.get_run(parent).data.tags
-            have = {r.info.run_id for r in runs}
-            runs += [
-                tracker.client.get_run(k.removeprefix("reused."))
-                for k in sorted(tags)
-                if k.startswith("reused.") and k.removeprefix("reused.") not in have
-            ]
+        # a job a resumed sweep reused is its parent's child pointing to the run that holds its files
+        runs = [
+            tracker.client.get_run(r.data.tags["reused_from"]) if "reused_from" in r.data.tags else r
+            for r in runs
+        ]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:

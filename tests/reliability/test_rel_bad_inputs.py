@@ -108,16 +108,19 @@ CASES = [
         "unknown dataset",
         lambda t: ["dataset=scifactt"],
         2,
-        "unknown dataset 'scifactt'; choose dataset= one of",
+        "Could not find 'dataset/scifactt'; choose dataset= one of",
     ),
     Case(
-        "unknown retriever", lambda t: [*TINY_NONE, "retriever=bm42"], 2, "unknown retriever 'bm42'; choose"
+        "unknown retriever",
+        lambda t: [*TINY_NONE, "retriever=bm42"],
+        2,
+        "Could not find 'retriever/bm42'; choose retriever= one of",
     ),
     Case(
         "unknown reranker",
         lambda t: [*ds(TINY), "reranker=colbertt"],
         2,
-        "unknown reranker 'colbertt'; choose",
+        "Could not find 'reranker/colbertt'; choose reranker= one of",
     ),
     Case(
         "missing mandatory value",
@@ -565,7 +568,7 @@ def test_an_input_mistake_exits_2_from_a_real_process(tmp_path):
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "rerank-eval: error: bad override: unknown config key 'candidatez'; check the spelling "
-        "(python -m rerank_eval --cfg job prints the keys), or add it with +candidatez=5"
+        "(rerank-eval --cfg job prints the keys), or add it with +candidatez=5"
     ]
 
 
