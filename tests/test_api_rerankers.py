@@ -229,12 +229,12 @@ def test_missing_key_or_sdk_names_the_fix(monkeypatch):
         CohereReranker()
 
 
-def test_colbert_maxsim_matches_a_hand_computation():
+def test_the_maxsim_demo_matches_a_hand_computation():
     import numpy as np
 
-    from rerank_eval.rerankers.colbert import ColBERTReranker
+    from rerank_eval.rerankers.maxsim_demo import MaxSimDemoReranker
 
-    rr = ColBERTReranker()
+    rr = MaxSimDemoReranker()
     docs = [Doc("a", "cats eat fish"), Doc("b", "the stock market fell")]
     q = Query("q", "what do cats eat")
     scores = rr.score(q, docs)

@@ -47,6 +47,7 @@ def test_groups_hold_the_promised_options():
         "cohere_english_v3",
         "llm",
         "colbert",
+        "maxsim_demo",
     }
 
 
@@ -80,6 +81,8 @@ def test_every_pipeline_instantiates(retriever, reranker, monkeypatch):
     over = [f"retriever={retriever}", f"reranker={reranker}", "dataset=msmarco-dl19"]
     if reranker == "cross_encoder":
         over.append(f"reranker.model={CE_MODEL}")  # the shipped default is a hub id, unreachable here
+    if reranker == "colbert":
+        over.append(f"reranker.model={CE_MODEL.parent / 'colbert-tiny-stanford'}")
     comps = build_components(compose_cfg(*over))
     assert comps.retriever.name
     assert (comps.reranker is None) == (reranker == "none")

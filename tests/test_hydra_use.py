@@ -41,22 +41,29 @@ def runs(tmp_path, experiment):
 def test_hydra_sweep_syntax_launchers_a_user_study_and_a_resumed_sweep(tmp_path):
     """A user's own dataset and study (``--config-dir``), swept with ``range`` through Hydra's submitit launcher
     (its local executor: each job its own process, the path SLURM takes), then again with ``choice`` and ``glob``
-    through the joblib launcher: the second sweep reuses two jobs and runs one, and its parent lists all three,
-    so the report of the latest parent has every job."""
+    through the basic launcher (the joblib one: tests/reliability/test_rel_load.py): the second sweep reuses two
+    jobs and runs one, and its parent lists all three, so the report of the latest parent has every job."""
     common = ["-m", "--config-dir", str(USER_CONF), "+experiment=mystudy", "reranker=glob(no*)"]
     first = rerank_eval(
-        tmp_path, *common, "candidates=range(2,4)", "hydra/launcher=submitit_local", sweep_dir="a"
+        tmp_path,
+        *common,
+        "candidates=range(2,4)",
+        "hydra/launcher=submitit_local",
+        "report.study=mine",
+        "report.results=res",
+        sweep_dir="a",
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.isdigit()) == ["0", "1"]
-    second = rerank_eval(
-        tmp_path,
-        *common,
-        "candidates=choice(2,3,4)",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        sweep_dir="b",
-    )
+    # a named study with report.results writes its table, plot and full report there
+    assert {p.name for p in (tmp_path / "res").iterdir()} == {
+        "mine.md",
+        "mine.csv",
+        "mine.png",
+        "mine-report",
+    }
+    assert "| mytiny | bm25-bm25s | none |" in (tmp_path / "res" / "mine.md").read_text()
+    second = rerank_eval(tmp_path, *common, "candidates=choice(2,3,4)", sweep_dir="b")  # the basic launcher
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("reused, not run again") == 2
     found = runs(tmp_path, "mystudy")
