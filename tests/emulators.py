@@ -1,4 +1,5 @@
-"""Loopback HTTP servers that speak Cohere's v2 rerank and Anthropic's messages wire formats, with a lexical
+"""Loopback HTTP servers that speak Cohere's v2 rerank, Anthropic's messages and OpenAI's chat completions wire
+formats, with a lexical
 scorer inside (so their rankings mean something) and faults injected on request.
 
     with CohereEmulator(fault_rate=0.3, seed=1) as emu:
@@ -188,6 +189,23 @@ class AnthropicEmulator(_Emulator):
         prompt = body["messages"][-1]["content"]
         if isinstance(prompt, list):
             prompt = "".join(b.get("text", "") for b in prompt)
+        text = self.reply(prompt, fault)
+        return {
+            "id": "msg_emulated",
+            "type": "message",
+            "role": "assistant",
+            "model": self.answer_model or body["model"],
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": len(prompt.split()) + len(body.get("system", "").split()),
+                "output_tokens": len(text.split()),
+            },
+        }
+
+    def reply(self, prompt: str, fault: str) -> str:
+        """The ranking or grades a lexical 'model' gives the prompt's passages (or the fault's bad answer)."""
         query = re.search(r"Query: (.*?)\n\n", prompt, re.S).group(1)
         passages = [
             (int(i), html.unescape(t))
@@ -211,16 +229,30 @@ class AnthropicEmulator(_Emulator):
             text = "I cannot rank these passages."
         elif fault == "partial":
             text = " > ".join(f"[{i}]" for i in ranked[: len(ranked) // 2]) + " > [99] > [1]"
+        return text
+
+
+class OpenAIEmulator(AnthropicEmulator):
+    """OpenAI's ``/v1/chat/completions`` (as vLLM, Ollama and LM Studio serve it): the same lexical model and
+    faults; point the SDK at ``url + "/v1"``."""
+
+    path = "/v1/chat/completions"
+
+    def answer(self, body: dict, fault: str) -> dict:
+        system = " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
+        prompt = body["messages"][-1]["content"]
+        text = self.reply(prompt, fault)
         return {
-            "id": "msg_emulated",
-            "type": "message",
-            "role": "assistant",
+            "id": "chatcmpl-emulated",
+            "object": "chat.completion",
+            "created": 0,
             "model": self.answer_model or body["model"],
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
             "usage": {
-                "input_tokens": len(prompt.split()) + len(body.get("system", "").split()),
-                "output_tokens": len(text.split()),
+                "prompt_tokens": len(prompt.split()) + len(system.split()),
+                "completion_tokens": len(text.split()),
+                "total_tokens": len(prompt.split()) + len(system.split()) + len(text.split()),
             },
         }

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from emulators import AnthropicEmulator, CohereEmulator
+from emulators import AnthropicEmulator, CohereEmulator, OpenAIEmulator
 
 from rerank_eval.cache import ScoreCache
 from rerank_eval.errors import BackendUnavailableError, RerankEvalError
@@ -16,13 +16,18 @@ from rerank_eval.rerankers.llm import LLMReranker, fence, parse_grades, parse_pe
 from rerank_eval.retrievers.run_file import RunFileRetriever
 from rerank_eval.types import Doc, Query
 
-COHERE_KEY, ANTHROPIC_KEY = "co-test-3f9a1c77e2", "sk-ant-test-8b2d44e019"
+COHERE_KEY, ANTHROPIC_KEY, OPENAI_KEY = (
+    "co-test-3f9a1c77e2",
+    "sk-ant-test-8b2d44e019",
+    "sk-oai-test-5c1e90ab37",
+)
 
 
 @pytest.fixture(autouse=True)
 def keys(monkeypatch):
     monkeypatch.setenv("COHERE_API_KEY", COHERE_KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
 
 
 def dl19_run(dl19, reranker, n_queries=8, depth=20, cache=None, on_failure="fail"):
@@ -173,6 +178,67 @@ def test_llm_listwise_survives_faults_and_windows_go_bottom_up(dl19):
         (rr.usage.counts["input_tokens"] * 3.0 + rr.usage.counts["output_tokens"] * 15.0) / 1e6
     )
     assert served
+
+
+def test_an_openai_compatible_endpoint_reranks_as_claude_does_and_survives_faults(dl19):
+    """provider=openai (the official SDK against a loopback /v1/chat/completions, as vLLM or Ollama serve it): the
+    same prompts and parsing give the same ranking as the Claude path over the same emulated model; 30% faults
+    change nothing; tokens come from the answer's usage and cost from the configured prices."""
+    with AnthropicEmulator(key=ANTHROPIC_KEY) as emu:
+        claude = dl19_run(dl19, LLMReranker(base_url=emu.url, cache_enabled=False), n_queries=3, depth=30)
+
+    def openai(url, **kw):
+        return LLMReranker(
+            provider="openai",
+            model="qwen2.5-7b-instruct",
+            api_key_env="OPENAI_API_KEY",
+            base_url=url + "/v1",
+            cache_enabled=False,
+            price_input_per_mtok=0.4,
+            price_output_per_mtok=1.6,
+            **kw,
+        )
+
+    with OpenAIEmulator(key=OPENAI_KEY) as emu:
+        plain = openai(emu.url)
+        clean = dl19_run(dl19, plain, n_queries=3, depth=30)
+    assert order(clean) == order(claude)
+    assert [m["role"] for m in emu.bodies[0]["messages"]] == ["system", "user"]
+    words = sum(sum(len(m["content"].split()) for m in b["messages"]) for b in emu.bodies)
+    assert plain.usage.counts["input_tokens"] == words  # the emulator's usage counts words
+    assert plain.usage.counts["api_cost_usd"] == pytest.approx(
+        (words * 0.4 + plain.usage.counts["output_tokens"] * 1.6) / 1e6
+    )
+    with OpenAIEmulator(
+        key=OPENAI_KEY, fault_rate=0.3, seed=3, answer_model="Qwen/Qwen2.5-7B-Instruct"
+    ) as emu:
+        rr = openai(emu.url, timeout=1.0, max_retries=4)
+        faulty = dl19_run(dl19, rr, n_queries=3, depth=30)
+    assert order(faulty) == order(clean) and sum(emu.injected.values()) > 0
+    assert rr.usage.tags["api_model"] == "Qwen/Qwen2.5-7B-Instruct" and rr.usage.counts["api_requests"] == 6
+    assert rr.identity.startswith("llm|openai|") and rr.device == f"api:{emu.url}/v1"
+
+
+def test_a_refused_openai_key_names_its_variable(monkeypatch, dl19):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    with (
+        OpenAIEmulator(key=OPENAI_KEY) as emu,
+        pytest.raises(
+            RerankEvalError, match=r"chat completions at .* refused the key in OPENAI_API_KEY \(HTTP 401\)"
+        ),
+    ):
+        dl19_run(
+            dl19,
+            LLMReranker(
+                provider="openai",
+                model="m",
+                api_key_env="OPENAI_API_KEY",
+                base_url=emu.url + "/v1",
+                cache_enabled=False,
+            ),
+            n_queries=1,
+            depth=10,
+        )
 
 
 def test_llm_token_accounting_is_exact():

@@ -128,34 +128,6 @@ def test_two_job_multirun(tmp_path):
     assert all((tmp_path / "multi" / str(i) / "metrics.json").is_file() for i in (0, 1))
 
 
-def test_a_resumed_sweep_reports_every_job(tmp_path):
-    """A sweep run again reuses its finished jobs; its parent's report still holds all of them."""
-    args = [
-        "-m",
-        *TINY_DS,
-        "retriever=bm25",
-        "reranker=none",
-        "candidates=3,5",
-        "top_k=1",
-        "mlflow.experiment=rep",
-    ]
-    cli(tmp_path, *args)
-    again = cli(tmp_path, *args)
-    assert (again.stdout + again.stderr).count("reused, not run again") == 2
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
-    report = [sys.executable, "-m", "rerank_eval.report", "--experiment", "rep", "--latest-parent"]
-    rep = subprocess.run(
-        [*report, "--out", str(tmp_path / "r")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert rep.returncode == 0, rep.stderr
-    assert rep.stdout.startswith("report: 2 jobs")
-
-
 def test_replayed_runs_and_bm25_settings_are_named_after_what_ran(tmp_path):
     from rerank_eval.retrievers.bm25 import BM25Retriever
     from rerank_eval.retrievers.run_file import RunFileRetriever
@@ -164,6 +136,7 @@ def test_replayed_runs_and_bm25_settings_are_named_after_what_ran(tmp_path):
     assert RunFileRetriever(name="splade-pp-ed").name == "run-splade-pp-ed"
     assert BM25Retriever().name == "bm25-bm25s"
     assert BM25Retriever(k1=1.2, b=0.75).name == "bm25-bm25s-k1=1.2-b=0.75"
+    assert BM25Retriever(stemmer=None).name == "bm25-bm25s-stemmer=None"
 
 
 def test_a_new_store_clears_what_killed_creations_left(tmp_path):

@@ -46,6 +46,7 @@ def test_groups_hold_the_promised_options():
         "cohere",
         "cohere_english_v3",
         "llm",
+        "llm_openai",
         "colbert",
         "maxsim_demo",
     }
@@ -78,6 +79,7 @@ def test_dataset_ids_and_levels():
 def test_every_pipeline_instantiates(retriever, reranker, monkeypatch):
     monkeypatch.setenv("COHERE_API_KEY", "dummy")  # constructing a client sends nothing
     monkeypatch.setenv("ANTHROPIC_API_KEY", "dummy")
+    monkeypatch.setenv("OPENAI_API_KEY", "dummy")
     over = [f"retriever={retriever}", f"reranker={reranker}", "dataset=msmarco-dl19"]
     if reranker == "cross_encoder":
         over.append(f"reranker.model={CE_MODEL}")  # the shipped default is a hub id, unreachable here

@@ -154,15 +154,3 @@ def test_dense_retriever_finds_the_matching_document(tiny):
     r2 = DenseRetriever()
     r2.index(tiny)
     assert (r2._emb == r._emb).all()
-
-
-def test_names_say_what_ran(tmp_path):
-    """Two replayed run files are told apart by their stems (a shipped run by its name), and BM25 names the
-    parameters that differ from its defaults: the name is the job's label in logs, MLflow and tables."""
-    for stem in ("bm25-rm3.top100", "mine"):
-        (tmp_path / f"{stem}.trec").write_text("q1 Q0 d1 1 2.0 x\n")
-    assert RunFileRetriever(path=str(tmp_path / "bm25-rm3.top100.trec")).name == "run-bm25-rm3"
-    assert RunFileRetriever(name="bm25", path=str(tmp_path / "mine.trec")).name == "run-mine"  # the path wins
-    assert RunFileRetriever(name="splade-pp-ed").name == "run-splade-pp-ed"
-    assert BM25Retriever().name == "bm25-bm25s"
-    assert BM25Retriever(k1=1.2, b=0.75, stemmer=None).name == "bm25-bm25s-k1=1.2-b=0.75-stemmer=None"

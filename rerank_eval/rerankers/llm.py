@@ -67,10 +67,18 @@ def parse_grades(text: str, n: int) -> dict[int, int]:
     return out
 
 
+PROVIDERS = {  # provider: (SDK module, extra, default endpoint)
+    "anthropic": ("anthropic", "anthropic", "https://api.anthropic.com"),
+    "openai": ("openai", "openai", "https://api.openai.com/v1"),
+}
+
+
 class LLMReranker:
-    """Reranks with Claude.
+    """Reranks with an LLM: Claude (``provider=anthropic``, the Messages API) or any OpenAI-compatible chat
+    endpoint (``provider=openai``: OpenAI itself, or vLLM, Ollama, LM Studio through ``base_url``).
 
     Args:
+        provider: ``anthropic`` or ``openai``; the same prompts, parsing, caching, retries and cost either way.
         model: the model id (the exact id the API answers with is logged as a tag).
         mode: ``listwise`` or ``pointwise``.
         window, step: the sliding window (listwise).
@@ -87,6 +95,7 @@ class LLMReranker:
     def __init__(
         self,
         model: str = "claude-sonnet-4-20250514",
+        provider: str = "anthropic",
         mode: str = "listwise",
         window: int = 20,
         step: int = 10,
@@ -114,11 +123,16 @@ class LLMReranker:
             raise ConfigError(
                 f"listwise reranking needs window >= 2 and 1 <= step < window, got {window}/{step}"
             )
-        anthropic = require("anthropic", "anthropic")
+        if provider not in PROVIDERS:
+            raise ConfigError(f"reranker.provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+        module, extra, endpoint = PROVIDERS[provider]
+        sdk = require(module, extra)
         kwargs = {"base_url": base_url} if base_url else {}
-        self._client = anthropic.Anthropic(
+        client = sdk.Anthropic if provider == "anthropic" else sdk.OpenAI
+        self._client = client(
             api_key=api_key(api_key_env, "reranker=llm"), timeout=timeout, max_retries=max_retries, **kwargs
         )
+        self.provider = provider
         self.model, self.mode, self.window, self.step, self.batch_size = model, mode, window, step, batch_size
         self.max_tokens, self.temperature, self.max_chars = max_tokens, temperature, max_passage_chars
         self.system, self.listwise_prompt, self.pointwise_prompt = system, listwise_prompt, pointwise_prompt
@@ -132,12 +146,12 @@ class LLMReranker:
             raise ConfigError(f"reranker.batch_size must be at least 1, got {batch_size}")
         self.pointwise = mode == "pointwise" and batch_size == 1
         self.api_key_env = api_key_env
-        self.base_url = base_url or "https://api.anthropic.com"
+        self.base_url = base_url or endpoint
         self.device = f"api:{self.base_url}"
         self.name = f"llm-{mode}{'' if mode == 'listwise' or batch_size == 1 else f'-b{batch_size}'}-{model}"
         prompts = ResponseCache.key(system, listwise_prompt, pointwise_prompt, max_passage_chars)[:12]
         self.identity = (
-            f"llm|{self.base_url}|{model}|{mode}|w={window}|s={step}|b={batch_size}|t={temperature}"
+            f"llm|{provider}|{self.base_url}|{model}|{mode}|w={window}|s={step}|b={batch_size}|t={temperature}"
             f"|max_tokens={max_tokens}|prompts={prompts}|code={scoring_code('rerankers/llm')}"
         )
 
@@ -166,6 +180,24 @@ class LLMReranker:
             return hit["text"]
         self.limiter.wait()
         try:
+            text, tin, tout, answered = self._request(user)
+        except Exception as e:  # after the SDK's own retries
+            what = "anthropic messages" if self.provider == "anthropic" else f"chat completions at {self.base_url}"
+            refuse_key(e, self.api_key_env, what)
+            raise RerankerCallError(f"{what} failed for query {query_id}: {describe(e)}") from e
+        self.usage.add(
+            api_requests=1,
+            input_tokens=tin,
+            output_tokens=tout,
+            api_cost_usd=(tin * self.prices[0] + tout * self.prices[1]) / 1e6,
+        )
+        self.usage.tags["api_model"] = answered
+        self.responses.put(key, {"text": text, "model": answered})
+        return text
+
+    def _request(self, user: str) -> tuple[str, int, int, str]:
+        """One request through the provider's SDK: (text, input tokens, output tokens, model answered)."""
+        if self.provider == "anthropic":
             # temperature goes in the body: this SDK's create() no longer names it; null leaves it out
             extra = {"temperature": self.temperature} if self.temperature is not None else None
             resp = self._client.messages.create(
@@ -175,20 +207,24 @@ class LLMReranker:
                 messages=[{"role": "user", "content": user}],
                 extra_body=extra,
             )
-        except Exception as e:  # after the SDK's own retries
-            refuse_key(e, self.api_key_env, "anthropic messages")
-            raise RerankerCallError(f"anthropic messages failed for query {query_id}: {describe(e)}") from e
-        text = "".join(getattr(b, "text", "") for b in resp.content)
-        tin, tout = resp.usage.input_tokens, resp.usage.output_tokens
-        self.usage.add(
-            api_requests=1,
-            input_tokens=tin,
-            output_tokens=tout,
-            api_cost_usd=(tin * self.prices[0] + tout * self.prices[1]) / 1e6,
+            text = "".join(getattr(b, "text", "") for b in resp.content)
+            return text, resp.usage.input_tokens, resp.usage.output_tokens, resp.model
+        extra = {"temperature": self.temperature} if self.temperature is not None else {}
+        resp = self._client.chat.completions.create(
+            model=self.model,
+            max_tokens=self.max_tokens,
+            messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
+            **extra,
         )
-        self.usage.tags["api_model"] = resp.model
-        self.responses.put(key, {"text": text, "model": resp.model})
-        return text
+        if not resp.choices:
+            raise RerankerCallError(f"chat completions at {self.base_url} answered with no choices")
+        usage = resp.usage
+        return (
+            resp.choices[0].message.content or "",
+            getattr(usage, "prompt_tokens", 0) or 0,
+            getattr(usage, "completion_tokens", 0) or 0,
+            resp.model,
+        )
 
     def _prompt(self, template: str, query: Query, docs: Sequence[Doc]) -> str:
         passages = "\n".join(fence(i + 1, d.full_text, self.max_chars) for i, d in enumerate(docs))

@@ -7,18 +7,29 @@ from __future__ import annotations
 import contextlib
 import io
 
-from emulators import AnthropicEmulator, CohereEmulator
+from emulators import AnthropicEmulator, CohereEmulator, OpenAIEmulator
 from relhelp import CE_MODEL, FIGURES, TINY, run_cli, secret_hits, store_env
 
 COHERE_KEY = "co-rel-secret-0b7d5e2f9a13c4d6"
 ANTHROPIC_KEY = "sk-ant-rel-secret-5f0e9d8c7b6a5948"
+OPENAI_KEY = "sk-oai-rel-secret-7a2c4e6b8d0f1357"
+KEYS = [COHERE_KEY, ANTHROPIC_KEY, OPENAI_KEY]
 TINY_DS = ["dataset=beir_dir", f"dataset.path={TINY}", "dataset.name=tiny", "candidates=5", "top_k=3"]
 
 
 def test_no_key_anywhere(tmp_path, monkeypatch):
-    env = {**store_env(tmp_path), "COHERE_API_KEY": COHERE_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    env = {
+        **store_env(tmp_path),
+        "COHERE_API_KEY": COHERE_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "OPENAI_API_KEY": OPENAI_KEY,
+    }
     printed = []
-    with CohereEmulator(key=COHERE_KEY) as co, AnthropicEmulator(key=ANTHROPIC_KEY) as an:
+    with (
+        CohereEmulator(key=COHERE_KEY) as co,
+        AnthropicEmulator(key=ANTHROPIC_KEY) as an,
+        OpenAIEmulator(key=OPENAI_KEY) as oa,
+    ):
         jobs = {
             "none": ["reranker=none"],
             "cross_encoder": ["reranker=cross_encoder", f"reranker.model={CE_MODEL}"],
@@ -28,6 +39,7 @@ def test_no_key_anywhere(tmp_path, monkeypatch):
             "cohere": ["reranker=cohere", f"reranker.base_url={co.url}"],
             "llm-listwise": ["reranker=llm", f"reranker.base_url={an.url}"],
             "llm-pointwise": ["reranker=llm", "reranker.mode=pointwise", f"reranker.base_url={an.url}"],
+            "llm-openai": ["reranker=llm_openai", f"reranker.base_url={oa.url}/v1"],
         }
         for name, over in jobs.items():
             res = run_cli(
@@ -51,7 +63,7 @@ def test_no_key_anywhere(tmp_path, monkeypatch):
         )
         assert res.code == 0, res.stderr[-2000:]
         printed += [res.stdout, res.stderr]
-    assert len(co.requests) >= 2 and len(an.requests) >= 4  # the keys were used
+    assert len(co.requests) >= 2 and len(an.requests) >= 4 and len(oa.requests) >= 1  # the keys were used
     from rerank_eval import report
 
     o, e = io.StringIO(), io.StringIO()
@@ -61,9 +73,9 @@ def test_no_key_anywhere(tmp_path, monkeypatch):
     assert (tmp_path / "results" / "secrets" / "report.md").is_file()
     hydra_dirs = list(tmp_path.rglob(".hydra"))
     logs = list(tmp_path.rglob("*.log"))
-    assert len(hydra_dirs) >= 9 and logs  # seven jobs and two sweep jobs
-    files, nbytes, hits = secret_hits([tmp_path], [COHERE_KEY, ANTHROPIC_KEY])
-    printed_hits = sum(text.count(k) for text in printed for k in (COHERE_KEY, ANTHROPIC_KEY))
+    assert len(hydra_dirs) >= len(jobs) + 2 and logs  # every job and two sweep jobs
+    files, nbytes, hits = secret_hits([tmp_path], KEYS)
+    printed_hits = sum(text.count(k) for text in printed for k in KEYS)
     assert hits == [] and printed_hits == 0
     FIGURES["secrets"] = {
         "rerankers": list(jobs),
