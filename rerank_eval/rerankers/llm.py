@@ -182,7 +182,11 @@ class LLMReranker:
         try:
             text, tin, tout, answered = self._request(user)
         except Exception as e:  # after the SDK's own retries
-            what = "anthropic messages" if self.provider == "anthropic" else f"chat completions at {self.base_url}"
+            what = (
+                "anthropic messages"
+                if self.provider == "anthropic"
+                else f"chat completions at {self.base_url}"
+            )
             refuse_key(e, self.api_key_env, what)
             raise RerankerCallError(f"{what} failed for query {query_id}: {describe(e)}") from e
         self.usage.add(
