@@ -108,26 +108,6 @@ def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
     assert lines[0].split()[2] == "d4"
 
 
-def test_two_job_multirun(tmp_path):
-    proc = cli(
-        tmp_path,
-        "-m",
-        *TINY_DS,
-        "retriever=bm25",
-        "reranker=none",
-        "candidates=3,5",
-        "top_k=1",
-        "mlflow.experiment=sweep",
-    )
-    assert proc.stdout.count("; results in ") == 2
-    _, found = runs(tmp_path, "sweep")
-    parents = [r for r in found if r.data.tags.get("parent") == "true"]
-    children = [r for r in found if r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and len(found) == 3
-    assert sorted(r.data.params["candidates"] for r in children) == ["3", "5"]
-    assert all((tmp_path / "multi" / str(i) / "metrics.json").is_file() for i in (0, 1))
-
-
 def test_replayed_runs_and_bm25_settings_are_named_after_what_ran(tmp_path):
     from rerank_eval.retrievers.bm25 import BM25Retriever
     from rerank_eval.retrievers.run_file import RunFileRetriever
