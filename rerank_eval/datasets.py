@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError, DataError
+from .paths import DATA_ENV
 from .provenance import file_hash
 from .types import Doc, Qrels, Query
 
 log = logging.getLogger("rerank_eval")
-DATA_ENV = "RERANK_EVAL_DATA"
 
 
 class Dataset(Protocol):

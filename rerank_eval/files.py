@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -36,6 +37,21 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def copy_atomic(src: Path, path: Path) -> None:
+    """Copy ``src`` to ``path`` whole or not at all (text or binary)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(
+            f"cannot write {path} ({e.strerror or e}); free space or fix permissions and rerun"
+        ) from None
 
 
 def write_atomic(path: Path, text: str) -> None:

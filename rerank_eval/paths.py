@@ -41,7 +41,10 @@ def shared_dir() -> Path:
     return home().parent / "shared"
 
 
+DATA_ENV = "RERANK_EVAL_DATA"
+
+
 def data_roots() -> list[Path]:
     """The folders a dataset's local copy is looked for in, first match wins."""
-    roots = [Path(os.environ["RERANK_EVAL_DATA"]).expanduser()] if os.environ.get("RERANK_EVAL_DATA") else []
+    roots = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
     return [*roots, home() / "data", shared_dir() / "data"]

@@ -84,11 +84,11 @@ class SweepCallback(Callback):
             tolerance = float(rep.get("knee_tolerance", 0.01))
             wall = time.time() - self.started
             pairs = int(sum(r.counts.get("pairs_scored", 0) for r in records))
-            paths = write_report(
-                records, sweep_dir / "report", f"sweep {sweep_dir}", test, knee_tolerance=tolerance
-            )
-            if rep.get("results") and rep.get("study"):
+            named = bool(rep.get("results") and rep.get("study"))
+            intro, title = "", f"sweep {sweep_dir}"
+            if named:
                 overrides = " ".join(config.hydra.overrides.task)
+                title = f"rerank-eval {rep['study']}: the full report"
                 intro = (
                     f"Command: `rerank-eval -m {overrides}`: {len(records)} jobs, {wall / 60:.1f} min wall on "
                     f"this machine ({pairs:,} query-document pairs scored; the rest came from the score cache)."
@@ -98,9 +98,19 @@ class SweepCallback(Callback):
                         else ""
                     )
                 )
-                out = Path(rep["results"])
-                paths += write_study(records, out, rep["study"], intro, test, tolerance)
-                log.info("study %s: wrote %s", rep["study"], ", ".join(str(p) for p in paths[-3:]))
+            paths = write_report(
+                records, sweep_dir / "report", title, test, intro=intro, knee_tolerance=tolerance
+            )
+            if named:  # the table, CSV and plot; the full report is the sweep's, copied, and logged once
+                study = write_study(
+                    records, Path(rep["results"]), rep["study"], intro, sweep_dir / "report", test
+                )
+                log.info(
+                    "study %s: wrote %s and a copy of the full report",
+                    rep["study"],
+                    ", ".join(map(str, study[:3])),
+                )
+                paths += study[:3]
             log.info("sweep: %d jobs; report in %s", len(records), sweep_dir / "report")
             if self.parent is not None:
                 found = knees(records, tolerance, test)

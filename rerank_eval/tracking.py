@@ -260,18 +260,10 @@ class Tracker:
         """A child of ``parent_run_id`` standing for the finished run ``run_id`` that a resumed sweep reused: its
         params, metrics and tags (not its fingerprint: resuming finds the original) and ``reused_from``, so the
         parent lists every job of the sweep. Its files stay with the original run."""
-        from mlflow.entities import Metric, Param, RunTag
-
         old = self.client.get_run(run_id)
         tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") and k != "fingerprint"}
         new = self.start_run(old.info.run_name, {**tags, "reused_from": run_id}, parent_run_id)
-        params = [Param(k, v) for k, v in old.data.params.items()]
-        for start in range(0, len(params), 90):
-            self.client.log_batch(new, params=params[start : start + 90])
-        metrics = [Metric(k, v, old.info.end_time or 0, 0) for k, v in old.data.metrics.items()]
-        for start in range(0, len(metrics), 900):
-            self.client.log_batch(new, metrics=metrics[start : start + 900])
-        self.client.log_batch(new, tags=[RunTag("reused_from", run_id)])
+        self.log(new, params=old.data.params, metrics=old.data.metrics)
         if old.inputs and old.inputs.dataset_inputs:
             self.client.log_inputs(new, list(old.inputs.dataset_inputs))
         self.finish(new)

@@ -63,6 +63,9 @@ def test_hydra_sweep_syntax_launchers_a_user_study_and_a_resumed_sweep(tmp_path)
         "mine-report",
     }
     assert "| mytiny | bm25-bm25s | none |" in (tmp_path / "res" / "mine.md").read_text()
+    report = (tmp_path / "a" / "report" / "report.md").read_text()
+    assert report.startswith("# rerank-eval mine: the full report")  # written once, by the sweep, and copied
+    assert (tmp_path / "res" / "mine-report" / "report.md").read_text() == report
     second = rerank_eval(tmp_path, *common, "candidates=choice(2,3,4)", sweep_dir="b")  # the basic launcher
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("reused, not run again") == 2

@@ -1,13 +1,13 @@
 """A named study's own files (``report.results`` set, as ``conf/experiment/bench.yaml`` does): ``<study>.md``,
-``<study>.csv`` and ``<study>.png`` (the headline table and plot), and the full report in ``<study>-report/``."""
+``<study>.csv`` and ``<study>.png`` (the headline table and plot), and a copy of the sweep's full report in
+``<study>-report/``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import write_atomic
-from .page import write_report
+from ..files import copy_atomic, write_atomic
 from .plots import plot_bars
 from .records import JobRecord
 from .tables import HEADLINE, comparison_frame, markdown_table
@@ -18,10 +18,11 @@ def write_study(
     out: Path,
     study: str,
     intro: str,
+    report: Path,
     test: str = "student",
-    knee_tolerance: float = 0.01,
 ) -> list[Path]:
-    """Write the study's table, plot and full report into ``out``; return the paths written."""
+    """Write the study's table and plot into ``out`` and copy the full report the sweep wrote (``report``, a
+    folder) beside them; return the paths written, the table, CSV and plot first."""
     out.mkdir(parents=True, exist_ok=True)
     frame = comparison_frame(records, test=test)
     depths = sorted({int(c) for c in frame["candidates"]})
@@ -43,12 +44,9 @@ def write_study(
     write_atomic(paths[0], "\n".join(md))
     write_atomic(paths[1], frame.to_csv(index=False))
     plot_bars(frame, HEADLINE, paths[2], f"nDCG@10 by pipeline (rerank {depth})")
-    report = write_report(
-        records,
-        out / f"{study}-report",
-        f"rerank-eval {study}: the full report",
-        test,
-        intro=intro,
-        knee_tolerance=knee_tolerance,
-    )
-    return [*paths, *report]
+    copies = out / f"{study}-report"
+    copies.mkdir(exist_ok=True)
+    for f in sorted(p for p in report.iterdir() if p.is_file() and not p.name.startswith(".")):
+        copy_atomic(f, copies / f.name)
+        paths.append(copies / f.name)
+    return paths

@@ -44,7 +44,7 @@ class ColBERTFormat:
     expansion: bool  # queries padded to query_length with [MASK] tokens, which are scored
     attend_expansion: bool  # the other tokens attend to those [MASK]s
     skiplist: tuple[str, ...]  # document tokens dropped (words; Stanford: also each one's first sub-token)
-    projections: tuple[tuple[Path, str, bool], ...] = field(default=())  # (weights file, key, has bias)
+    projections: tuple[Path, ...] = field(default=())  # weights files holding linear.weight (and a bias)
 
 
 def _json(path: Path) -> dict:
@@ -52,6 +52,12 @@ def _json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read as JSON ({e}); is the checkpoint complete?") from None
+
+
+def _require(cfg: dict, keys: Sequence[str], where: str, need: str) -> None:
+    missing = [k for k in keys if k not in cfg]
+    if missing:
+        raise ConfigError(f"{where} lacks {missing}; {need}")
 
 
 def _weights(folder: Path) -> Path:
@@ -73,9 +79,7 @@ def read_format(folder: Path) -> ColBERTFormat:
             raise ConfigError(f"{folder} is not a PyLate ColBERT checkpoint (modules {kinds}); {need}")
         cfg = _json(folder / "config_sentence_transformers.json")
         keys = ("query_prefix", "document_prefix", "query_length", "document_length", "do_query_expansion")
-        missing = [k for k in keys if k not in cfg]
-        if missing:
-            raise ConfigError(f"{folder}: config_sentence_transformers.json lacks {missing}; {need}")
+        _require(cfg, keys, f"{folder}: config_sentence_transformers.json", need)
         projections = []
         for m in dense:
             sub = folder / m.get("path", "")
@@ -83,7 +87,7 @@ def read_format(folder: Path) -> ColBERTFormat:
             act = str(dcfg.get("activation_function", "torch.nn.modules.linear.Identity"))
             if not act.endswith("Identity") or dcfg.get("use_residual"):
                 raise ConfigError(f"{sub}: a Dense layer with {act} or a residual is not supported; {need}")
-            projections.append((_weights(sub), "linear", bool(dcfg.get("bias", False))))
+            projections.append(_weights(sub))
         return ColBERTFormat(
             "pylate",
             cfg["query_prefix"],
@@ -98,9 +102,7 @@ def read_format(folder: Path) -> ColBERTFormat:
     if (folder / "artifact.metadata").is_file():
         meta = _json(folder / "artifact.metadata")
         keys = ("query_token_id", "doc_token_id", "query_maxlen", "doc_maxlen", "dim")
-        missing = [k for k in keys if k not in meta]
-        if missing:
-            raise ConfigError(f"{folder}: artifact.metadata lacks {missing}; {need}")
+        _require(meta, keys, f"{folder}: artifact.metadata", need)
         if meta.get("similarity", "cosine") != "cosine" or meta.get("interaction", "colbert") != "colbert":
             raise ConfigError(
                 f"{folder}: similarity {meta.get('similarity')!r} / interaction {meta.get('interaction')!r} is "
@@ -115,7 +117,7 @@ def read_format(folder: Path) -> ColBERTFormat:
             True,  # colbert-ai always pads queries with [MASK]
             bool(meta.get("attend_to_mask_tokens", False)),
             tuple(string.punctuation) if meta.get("mask_punctuation", True) else (),
-            ((_weights(folder), "linear", False),),
+            (_weights(folder),),
         )
     raise ConfigError(
         f"{folder} is neither a PyLate checkpoint (modules.json with a pylate Dense) nor a Stanford ColBERT one "
@@ -123,7 +125,7 @@ def read_format(folder: Path) -> ColBERTFormat:
     )
 
 
-def _load_tensor(path: Path, prefix: str):
+def _load_tensor(path: Path, prefix: str = "linear"):
     import torch
 
     if path.suffix == ".safetensors":
@@ -199,8 +201,8 @@ class ColBERTReranker:
             skip |= {tok.encode(w, add_special_tokens=False)[0] for w in f.skiplist}
         self.skip = torch.tensor(sorted(skip - {tok.unk_token_id}), dtype=torch.long)
         self.projections = []
-        for path, prefix, _ in f.projections:
-            w, b = _load_tensor(path, prefix)
+        for path in f.projections:
+            w, b = _load_tensor(path)
             self.projections.append(
                 (w.to(self.device, self.torch_dtype), None if b is None else b.to(self.device))
             )
