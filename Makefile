@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,cohere,anthropic,openai,submitit]"
+	$(PY) -m pip install -q -e ".[dev,cohere,anthropic,openai,voyage,mixedbread,submitit]"
 	touch $@
 
 venv: $(VENV)/.installed  ## create .venv and install the project (CPU torch by default: TORCH_SPEC=torch for CUDA)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from .cli import PARENT_ENV
 
@@ -98,6 +99,11 @@ class SweepCallback(Callback):
                         else ""
                     )
                 )
+                skipped = _skipped(config)
+                if skipped:
+                    intro += "\n\nNot run here (each needs a checkpoint or a key):\n\n" + "\n".join(
+                        f"- {line}" for line in skipped
+                    )
             paths = write_report(
                 records, sweep_dir / "report", title, test, intro=intro, knee_tolerance=tolerance
             )
@@ -150,3 +156,13 @@ def knee_metrics(found: list[dict]) -> dict[str, float]:
     if len(found) == 1:
         out["knee_depth"] = float(found[0]["knee"])
     return out
+
+
+def _skipped(config: Any) -> list[str]:
+    """The study entries this sweep skipped, one line each (none for a sweep without a study's axes)."""
+    axes = OmegaConf.select(config, "hydra.sweeper.axes")
+    if not axes:
+        return []
+    from hydra_plugins.rerank_eval_study.study_sweeper import axis_entries
+
+    return axis_entries(axes)[1]

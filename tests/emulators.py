@@ -1,6 +1,5 @@
-"""Loopback HTTP servers that speak Cohere's v2 rerank, Anthropic's messages and OpenAI's chat completions wire
-formats, with a lexical
-scorer inside (so their rankings mean something) and faults injected on request.
+"""Loopback HTTP servers that speak Cohere's v2 rerank, Jina's, Voyage's and mixedbread's rerank, Anthropic's
+messages and OpenAI's chat completions wire formats, with a lexical scorer inside (so their rankings mean something) and faults injected on request.
 
     with CohereEmulator(fault_rate=0.3, seed=1) as emu:
         CohereReranker(base_url=emu.url, ...)
@@ -24,6 +23,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TRANSIENT = ("429", "500", "503", "529", "reset", "slow")
+RETRYABLE = (*TRANSIENT, "502")  # what a client should retry (only Voyage's emulator sends 502)
 INJECTION = re.compile(r"rank this (?:document|passage) first", re.I)
 
 
@@ -67,7 +67,7 @@ class _Emulator:
         self._lock = threading.Lock()
         self.down = False  # answer every request with 503
         if transient_only:
-            self.kinds = TRANSIENT
+            self.kinds = tuple(k for k in self.kinds if k in RETRYABLE)
 
     def _fault(self) -> str:
         with self._lock:
@@ -83,12 +83,15 @@ class _Emulator:
                 f = self.rng.choice(self.kinds)
             else:
                 f = ""
-            self._consecutive = self._consecutive + 1 if f in TRANSIENT else 0
+            self._consecutive = self._consecutive + 1 if f in RETRYABLE else 0
             if f:
                 self.injected[f] += 1
             return f
 
     kinds = TRANSIENT
+
+    def error_payload(self, fault: str) -> dict:
+        return {"type": "error", "error": {"type": "overloaded_error", "message": f"injected {fault}"}}
 
     def answer(self, body: dict, fault: str) -> dict:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -115,14 +118,8 @@ class _Emulator:
                     emu.requests.append((time.monotonic(), self.path, 0))
                     self.connection.close()
                     return
-                elif fault in ("429", "500", "503", "529"):
-                    status, payload = (
-                        int(fault),
-                        {
-                            "type": "error",
-                            "error": {"type": "overloaded_error", "message": f"injected {fault}"},
-                        },
-                    )
+                elif fault in ("429", "500", "502", "503", "529"):
+                    status, payload = int(fault), emu.error_payload(fault)
                 else:
                     if fault == "slow":
                         time.sleep(emu.slow_s)
@@ -174,6 +171,72 @@ class CohereEmulator(_Emulator):
                 "api_version": {"version": "2"},
                 "billed_units": {"search_units": math.ceil(len(docs) / 100)},
             },
+        }
+
+
+def billed_tokens(query: str, docs: list[str]) -> int:
+    """What the token-billed emulators charge: query and document words, the query counted once a document."""
+    return sum(len(terms(query)) + len(terms(d)) for d in docs)
+
+
+class _TokenRerankEmulator(_Emulator):
+    """A rerank API billed in tokens: ``documents_field`` in the request, ``results_field`` items with
+    ``score_field`` in the answer, and what ``billed_tokens`` counts in ``usage.total_tokens``."""
+
+    documents_field, results_field, score_field, top_field = (
+        "documents",
+        "results",
+        "relevance_score",
+        "top_n",
+    )
+    kinds = (*TRANSIENT, "missing")
+
+    def answer(self, body: dict, fault: str) -> dict:
+        docs = body[self.documents_field]
+        scores = [lexical(body["query"], d) for d in docs]
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[
+            : body.get(self.top_field) or len(docs)
+        ]
+        results = [{"index": i, self.score_field: scores[i]} for i in order]
+        if fault == "missing":
+            results = results[:-1]
+        tokens = billed_tokens(body["query"], docs)
+        return {"model": body.get("model"), self.results_field: results, "usage": {"total_tokens": tokens}}
+
+
+class JinaEmulator(_TokenRerankEmulator):
+    path = "/v1/rerank"
+
+    def error_payload(self, fault: str) -> dict:
+        return {"detail": f"injected {fault}"}
+
+
+class VoyageEmulator(_TokenRerankEmulator):
+    """Voyage's errors carry ``detail`` (its SDK reads it) and it sends no 529, which its SDK would not read."""
+
+    path = "/v1/rerank"
+    results_field, top_field = "data", "top_k"
+    kinds = ("429", "500", "502", "503", "reset", "slow", "missing")
+
+    def error_payload(self, fault: str) -> dict:
+        return {"detail": f"injected {fault}"}
+
+    def answer(self, body: dict, fault: str) -> dict:
+        return {**super().answer(body, fault), "object": "list"}
+
+
+class MixedbreadEmulator(_TokenRerankEmulator):
+    path = "/v1/reranking"
+    documents_field, results_field, score_field, top_field = "input", "data", "score", "top_k"
+
+    def answer(self, body: dict, fault: str) -> dict:
+        out = super().answer(body, fault)
+        out["usage"]["prompt_tokens"] = out["usage"]["total_tokens"]
+        return {
+            **out,
+            "object": "list",
+            "top_k": body.get("top_k") or len(body["input"]),
+            "return_input": False,
         }
 
 

@@ -384,3 +384,12 @@ def test_ask_takes_any_question():
         "top_k=5?",
         False,
     )
+
+
+def test_the_sdks_own_base_url_variable_moves_the_identity_too(monkeypatch):
+    """OPENAI_BASE_URL (the SDK's own) sends requests to another server: its scores are never served as OpenAI's."""
+    default = LLMReranker(provider="openai", model="gpt-4.1-mini", api_key_env="OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    moved = LLMReranker(provider="openai", model="gpt-4.1-mini", api_key_env="OPENAI_API_KEY")
+    assert "|https://api.openai.com/v1|" in default.identity
+    assert "|http://127.0.0.1:9/v1|" in moved.identity and moved.device == "api:http://127.0.0.1:9/v1"

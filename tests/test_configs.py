@@ -49,6 +49,12 @@ def test_groups_hold_the_promised_options():
         "llm_openai",
         "colbert",
         "maxsim_demo",
+        "causal_lm",
+        "causal_lm_gemma",
+        "seq2seq",
+        "jina",
+        "voyage",
+        "mixedbread",
     }
 
 
@@ -80,7 +86,20 @@ def test_every_pipeline_instantiates(retriever, reranker, monkeypatch):
     monkeypatch.setenv("COHERE_API_KEY", "dummy")  # constructing a client sends nothing
     monkeypatch.setenv("ANTHROPIC_API_KEY", "dummy")
     monkeypatch.setenv("OPENAI_API_KEY", "dummy")
+    for var in ("JINA_API_KEY", "VOYAGE_API_KEY", "MXBAI_API_KEY"):
+        monkeypatch.setenv(var, "dummy")
     over = [f"retriever={retriever}", f"reranker={reranker}", "dataset=msmarco-dl19"]
+    if reranker == "jina":
+        over.append(
+            "reranker.price_per_million_tokens=0.02"
+        )  # the shipped config asks for the price of one's pack
+    if reranker in ("causal_lm", "causal_lm_gemma", "seq2seq"):  # hub ids: offline, refused in one line
+        from rerank_eval.errors import BackendUnavailableError
+
+        with pytest.raises(BackendUnavailableError, match="offline, pass a local model folder") as err:
+            build_components(compose_cfg(*over))
+        assert "\n" not in str(err.value)
+        return
     if reranker == "cross_encoder":
         over.append(f"reranker.model={CE_MODEL}")  # the shipped default is a hub id, unreachable here
     if reranker == "colbert":
@@ -142,10 +161,15 @@ def study(name: str, environ: dict) -> tuple[list[list[str]], list[str]]:
 
 def test_the_bench_study_lists_its_pipelines_and_joins_api_rerankers_only_with_their_keys():
     jobs, skipped = study("bench", environ={})
-    assert len(jobs) == 8 * 3 and skipped == ["cohere (COHERE_API_KEY)", "llm (ANTHROPIC_API_KEY)"]
+    # every family that runs offline here; one line each for those that need a checkpoint or a key
+    assert len(jobs) == 8 * 4 and len(skipped) == 10
+    assert skipped[0].startswith("colbert: set RERANK_EVAL_COLBERT (a ColBERT checkpoint folder")
+    assert "qwen3-reranker: set RERANK_EVAL_QWEN3_RERANKER (a Qwen/Qwen3-Reranker-0.6B folder)" in skipped
+    assert "cohere: set COHERE_API_KEY (Cohere Rerank)" in skipped
     assert ["dataset=msmarco-dl19", "retriever=run", "retriever.name=splade-pp-ed", "reranker=none"] in jobs
-    jobs, skipped = study("bench", environ={"COHERE_API_KEY": "x"})
-    assert len(jobs) == 8 * 4 and skipped == ["llm (ANTHROPIC_API_KEY)"]
+    jobs, skipped = study("bench", environ={"COHERE_API_KEY": "x", "RERANK_EVAL_MONOT5": "/m/monot5"})
+    assert len(jobs) == 8 * 6 and len(skipped) == 8
+    assert sum("reranker=seq2seq" in j for j in jobs) == 8
     ce = next(j for j in jobs if "reranker=cross_encoder" in j)
     assert "reranker.max_length=256" in ce and any(o.endswith("scifact-minilm-l6-ce") for o in ce)
     with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):  # every job composes

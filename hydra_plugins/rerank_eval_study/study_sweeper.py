@@ -16,7 +16,8 @@ line's sweeps (``choice``, ``range``, ``glob``, comma lists, as the basic sweepe
         params:
           candidates: 10,20,50,100
 
-An entry with ``needs`` joins only when that environment variable is set; the others are skipped with one line.
+An entry with ``needs`` joins only when that environment variable is set; each one skipped gets one line, saying
+what to set and, from its ``why``, what the variable names (``{needs: VAR, why: ..., overrides: [...]}``).
 Every job's config is composed and checked before the first one runs.
 """
 
@@ -50,7 +51,8 @@ ConfigStore.instance().store(
 
 
 def axis_entries(axes: Any, environ: dict | None = None) -> tuple[list[list[list[str]]], list[str]]:
-    """Per axis the override lists of its entries that can run, and the entries skipped (``name (VAR)``)."""
+    """Per axis the override lists of its entries that can run, and one line per entry skipped (``name: set VAR
+    (why)``)."""
     environ = os.environ if environ is None else environ
     plain = OmegaConf.to_container(axes, resolve=True) if isinstance(axes, DictConfig | ListConfig) else axes
     lists, skipped = [], []
@@ -64,7 +66,8 @@ def axis_entries(axes: Any, environ: dict | None = None) -> tuple[list[list[list
             if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
                 raise HydraException(f"study entry {axis}.{name} must be a list of overrides")
             if spec.get("needs") and not environ.get(spec["needs"]):
-                skipped.append(f"{name} ({spec['needs']})")
+                why = f" ({spec['why']})" if spec.get("why") else ""
+                skipped.append(f"{name}: set {spec['needs']}{why}")
                 continue
             kept.append(overrides)
         lists.append(kept)
@@ -107,8 +110,8 @@ class StudySweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         axes, skipped = axis_entries(self.axes)
-        if skipped:
-            print(f"study: skipped {', '.join(skipped)}: set those variables to include them", flush=True)
+        for line in skipped:
+            print(f"study: skipped {line}", flush=True)
         grid = self.grid(arguments)
         jobs = [
             [o for part in combo for o in part] + point

@@ -30,7 +30,7 @@ def api_key(env_var: str, what: str) -> str:
 
 def describe(e: Exception) -> str:
     """An SDK error in a few words: its type, the HTTP status and the API's own message (no headers)."""
-    status = getattr(e, "status_code", None)
+    status = status_of(e)
     body = getattr(e, "body", None)
     message = None
     if isinstance(body, dict):
@@ -41,10 +41,22 @@ def describe(e: Exception) -> str:
     return f"{type(e).__name__} (HTTP {status}): {str(message)[:200]}"
 
 
+def status_of(e: Exception) -> int | None:
+    """The HTTP status an SDK's error carries (``status_code``, ``http_status`` or its response's), if any."""
+    for status in (
+        getattr(e, "status_code", None),
+        getattr(e, "http_status", None),
+        getattr(getattr(e, "response", None), "status_code", None),
+    ):
+        if isinstance(status, int):
+            return status
+    return None
+
+
 def refuse_key(e: Exception, env_var: str, what: str) -> None:
     """Raise ``BackendUnavailableError`` when the API refused the key (401/403): every query would fail the
     same way, so the run stops at once whatever ``on_failure`` says."""
-    status = getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status_code", None)
+    status = status_of(e)
     if status in (401, 403):
         raise BackendUnavailableError(
             f"{what} refused the key in {env_var} (HTTP {status}); check that variable's key and its permissions"
@@ -124,3 +136,91 @@ class Usage:
     def add(self, **amounts: float) -> None:
         for k, v in amounts.items():
             self.counts[k] = self.counts.get(k, 0.0) + float(v)
+
+
+class RerankService:
+    """What the rerank APIs share (Cohere, Jina, Voyage, mixedbread): documents split over calls, a client-side
+    rate limit, retries of the transient failures the SDK does not retry itself (``transient``: exception types;
+    the SDK's own retries honour Retry-After), one-line errors, a score for every document or a failed query, and
+    usage: requests, the unit the service bills (``billed``) and its cost.
+
+    A service module sets ``service`` and ``billed``, builds its client in ``__init__`` (calling ``setup``) and
+    implements ``_request(query, documents) -> (scores by index, billed amount)``.
+    """
+
+    pointwise = True  # a document's relevance score does not depend on the others sent with it
+    service = ""  # e.g. "jina rerank": how errors name it
+    billed = ""  # the usage counter of what the service bills: "search_units", "tokens"
+    transient: tuple[type[Exception], ...] = ()
+
+    def setup(
+        self,
+        name: str,
+        model: str,
+        api_key_env: str,
+        base_url: str,
+        max_docs_per_call: int,
+        limit: int,
+        max_retries: int,
+        requests_per_minute: float | None,
+        price: float | None,
+        prices_as_of: str | None,
+        identity: str,
+    ) -> str:
+        """Check and keep the shared settings; return the key (from ``api_key_env``)."""
+        if not 1 <= max_docs_per_call <= limit:
+            raise ConfigError(f"max_docs_per_call must be within 1..{limit}, got {max_docs_per_call}")
+        if price is None or price < 0:
+            raise ConfigError(
+                f"reranker={name} needs its price (a number, USD, from the provider's pricing page), got {price!r}"
+            )
+        self.model, self.max_docs_per_call, self.max_retries = model, max_docs_per_call, int(max_retries)
+        self.api_key_env, self.price, self.base_url = api_key_env, float(price), base_url
+        self.limiter = RateLimiter(requests_per_minute)
+        self.usage = Usage()
+        if prices_as_of:
+            self.usage.tags["prices_as_of"] = str(prices_as_of)
+        self.name = f"{name}-{model.rsplit('/', 1)[-1]}"
+        self.device = f"api:{base_url}"
+        # the endpoint is part of the identity: scores from a proxy or a test server are never served as the API's
+        self.identity = f"{name}|{base_url}|{model}|{identity}"
+        return api_key(api_key_env, f"reranker={name}")
+
+    def _request(self, query: str, documents: list[str]) -> tuple[dict[int, float], float]:
+        raise NotImplementedError
+
+    def _call(self, query, chunk: list[str]) -> tuple[dict[int, float], float]:
+        for attempt in range(self.max_retries + 1):
+            self.limiter.wait()
+            try:
+                return self._request(query.text, chunk)
+            except self.transient as e:
+                if attempt == self.max_retries:
+                    raise RerankerCallError(
+                        f"{self.service} failed for query {query.query_id} after {attempt + 1} attempts: "
+                        f"{describe(e)}"
+                    ) from e
+                time.sleep(min(8.0, 0.25 * 2**attempt))
+            except RerankerCallError:
+                raise
+            except Exception as e:  # the SDK's own retries are spent: every other failure counts the same
+                refuse_key(e, self.api_key_env, self.service)
+                raise RerankerCallError(
+                    f"{self.service} failed for query {query.query_id}: {describe(e)}"
+                ) from e
+        raise AssertionError("unreachable")
+
+    def score(self, query, docs) -> list[float]:
+        scores: list[float] = []
+        for start in range(0, len(docs), self.max_docs_per_call):
+            chunk = [d.full_text for d in docs[start : start + self.max_docs_per_call]]
+            got, amount = self._call(query, chunk)
+            if sorted(got) != list(range(len(chunk))):
+                raise RerankerCallError(
+                    f"{self.service} answered for {len(got)} of {len(chunk)} documents (query {query.query_id}); "
+                    "the response is incomplete"
+                )
+            cost = amount * self.price / (1e6 if self.billed == "tokens" else 1)
+            self.usage.add(api_requests=1, **{self.billed: amount}, api_cost_usd=cost)
+            scores.extend(got[i] for i in range(len(chunk)))
+        return scores

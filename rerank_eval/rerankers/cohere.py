@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-
-from ..errors import ConfigError
 from ..provenance import scoring_code
-from ..types import Doc, Query
-from .api import RateLimiter, RerankerCallError, Usage, api_key, describe, refuse_key, require
+from .api import RerankService, require
 
 
-class CohereReranker:
+class CohereReranker(RerankService):
     """Scores documents with Cohere's rerank endpoint.
 
     Args:
@@ -20,13 +15,14 @@ class CohereReranker:
         base_url: another endpoint (a proxy, or a local emulator in tests).
         max_docs_per_call: documents per request (the API's limit is 1,000); more are split across calls.
         max_tokens_per_doc: longer documents are truncated by the API to this many tokens.
-        timeout, max_retries: the SDK's own timeout (s) and retry count (429 and 5xx, honouring Retry-After).
+        timeout, max_retries: the SDK's own timeout (s) and retry count (429 and 5xx, honouring Retry-After);
+            a dropped connection or a read timeout, which the SDK does not retry, is retried as many times here.
         requests_per_minute: a client-side limit (a trial key allows 10).
         price_per_search_unit: USD per search unit (one unit per query per 100 documents); ``prices_as_of``
             when it was published (a tag on every run, beside the cost).
     """
 
-    pointwise = True  # a document's relevance score does not depend on the others sent with it
+    service, billed = "cohere rerank", "search_units"
 
     def __init__(
         self,
@@ -41,78 +37,36 @@ class CohereReranker:
         price_per_search_unit: float = 0.002,
         prices_as_of: str | None = None,
     ):
-        if not 1 <= max_docs_per_call <= 1000:
-            raise ConfigError(f"max_docs_per_call must be within 1..1000, got {max_docs_per_call}")
-        cohere = require("cohere", "cohere")
-        kwargs = {"base_url": base_url} if base_url else {}
-        self._client = cohere.ClientV2(
-            api_key=api_key(api_key_env, "reranker=cohere"),
-            timeout=timeout,
-            max_retries=max_retries,
-            **kwargs,
-        )
-        self.model, self.max_docs_per_call, self.max_tokens_per_doc = (
-            model,
-            max_docs_per_call,
-            max_tokens_per_doc,
-        )
-        self.max_retries, self.api_key_env = max_retries, api_key_env
-        self.price = price_per_search_unit
-        self.limiter = RateLimiter(requests_per_minute)
-        self.usage = Usage()
-        if prices_as_of:
-            self.usage.tags["prices_as_of"] = str(prices_as_of)
-        self.name = f"cohere-{model}"
-        self.base_url = base_url or "https://api.cohere.com"
-        self.device = f"api:{self.base_url}"
-        # the endpoint is part of the identity: scores from a proxy or a test server are never served as the API's
-        self.identity = (
-            f"cohere|{self.base_url}|{model}|max_tokens_per_doc={max_tokens_per_doc}"
-            f"|code={scoring_code('rerankers/cohere')}"
-        )
-
-    def _call(self, query: Query, chunk: list[str]):
-        """One rerank request. The SDK retries 429 and 5xx itself (honouring Retry-After) but not a dropped
-        connection or a read timeout: those are retried here, as many times, with the same backoff shape."""
         import httpx
 
-        for attempt in range(self.max_retries + 1):
-            self.limiter.wait()
-            try:
-                return self._client.rerank(
-                    model=self.model,
-                    query=query.text,
-                    documents=chunk,
-                    top_n=len(chunk),
-                    max_tokens_per_doc=self.max_tokens_per_doc,
-                )
-            except httpx.TransportError as e:
-                if attempt == self.max_retries:
-                    raise RerankerCallError(
-                        f"cohere rerank failed for query {query.query_id} after "
-                        f"{attempt + 1} attempts: {type(e).__name__}: {str(e)[:200]}"
-                    ) from e
-                time.sleep(min(8.0, 0.25 * 2**attempt))
-            except Exception as e:  # the SDK's own retries are spent: every other failure counts the same
-                refuse_key(e, self.api_key_env, "cohere rerank")
-                raise RerankerCallError(
-                    f"cohere rerank failed for query {query.query_id}: {describe(e)}"
-                ) from e
-        raise AssertionError("unreachable")
+        cohere = require("cohere", "cohere")
+        self.transient = (httpx.TransportError,)
+        key = self.setup(
+            "cohere",
+            model,
+            api_key_env,
+            base_url or "https://api.cohere.com",
+            max_docs_per_call,
+            1000,
+            max_retries,
+            requests_per_minute,
+            price_per_search_unit,
+            prices_as_of,
+            f"max_tokens_per_doc={max_tokens_per_doc}|code={scoring_code('rerankers/cohere', 'rerankers/api')}",
+        )
+        self.name = f"cohere-{model}"
+        self.max_tokens_per_doc = max_tokens_per_doc
+        kwargs = {"base_url": base_url} if base_url else {}
+        self._client = cohere.ClientV2(api_key=key, timeout=timeout, max_retries=max_retries, **kwargs)
 
-    def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
-        scores: list[float] = []
-        for start in range(0, len(docs), self.max_docs_per_call):
-            chunk = [d.full_text for d in docs[start : start + self.max_docs_per_call]]
-            resp = self._call(query, chunk)
-            got = {r.index: float(r.relevance_score) for r in resp.results}
-            if sorted(got) != list(range(len(chunk))):
-                raise RerankerCallError(
-                    f"cohere rerank answered for {len(got)} of {len(chunk)} documents "
-                    f"(query {query.query_id}); the response is incomplete"
-                )
-            meta = getattr(resp, "meta", None)
-            units = float(getattr(getattr(meta, "billed_units", None), "search_units", 0) or 0)
-            self.usage.add(api_requests=1, search_units=units, api_cost_usd=units * self.price)
-            scores.extend(got[i] for i in range(len(chunk)))
-        return scores
+    def _request(self, query: str, documents: list[str]) -> tuple[dict[int, float], float]:
+        resp = self._client.rerank(
+            model=self.model,
+            query=query,
+            documents=documents,
+            top_n=len(documents),
+            max_tokens_per_doc=self.max_tokens_per_doc,
+        )
+        meta = getattr(resp, "meta", None)
+        units = float(getattr(getattr(meta, "billed_units", None), "search_units", 0) or 0)
+        return {r.index: float(r.relevance_score) for r in resp.results}, units

@@ -146,7 +146,8 @@ class LLMReranker:
             raise ConfigError(f"reranker.batch_size must be at least 1, got {batch_size}")
         self.pointwise = mode == "pointwise" and batch_size == 1
         self.api_key_env = api_key_env
-        self.base_url = base_url or endpoint
+        # where the SDK really sends requests (its *_BASE_URL variable may move it): part of the identity
+        self.base_url = str(getattr(self._client, "base_url", None) or base_url or endpoint).rstrip("/")
         self.device = f"api:{self.base_url}"
         self.name = f"llm-{mode}{'' if mode == 'listwise' or batch_size == 1 else f'-b{batch_size}'}-{model}"
         prompts = ResponseCache.key(system, listwise_prompt, pointwise_prompt, max_passage_chars)[:12]

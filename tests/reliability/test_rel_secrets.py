@@ -7,13 +7,25 @@ from __future__ import annotations
 import contextlib
 import io
 
-from emulators import AnthropicEmulator, CohereEmulator, OpenAIEmulator
+from emulators import (
+    AnthropicEmulator,
+    CohereEmulator,
+    JinaEmulator,
+    MixedbreadEmulator,
+    OpenAIEmulator,
+    VoyageEmulator,
+)
 from relhelp import CE_MODEL, FIGURES, TINY, run_cli, secret_hits, store_env
 
 COHERE_KEY = "co-rel-secret-0b7d5e2f9a13c4d6"
 ANTHROPIC_KEY = "sk-ant-rel-secret-5f0e9d8c7b6a5948"
 OPENAI_KEY = "sk-oai-rel-secret-7a2c4e6b8d0f1357"
-KEYS = [COHERE_KEY, ANTHROPIC_KEY, OPENAI_KEY]
+JINA_KEY, VOYAGE_KEY, MXBAI_KEY = (
+    "jina_rel_secret_3c5e7a9b",
+    "pa-rel-secret-8d6f4b2a",
+    "mx-rel-secret-1e3c5a7f",
+)
+KEYS = [COHERE_KEY, ANTHROPIC_KEY, OPENAI_KEY, JINA_KEY, VOYAGE_KEY, MXBAI_KEY]
 TINY_DS = ["dataset=beir_dir", f"dataset.path={TINY}", "dataset.name=tiny", "candidates=5", "top_k=3"]
 
 
@@ -23,12 +35,18 @@ def test_no_key_anywhere(tmp_path, monkeypatch):
         "COHERE_API_KEY": COHERE_KEY,
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "OPENAI_API_KEY": OPENAI_KEY,
+        "JINA_API_KEY": JINA_KEY,
+        "VOYAGE_API_KEY": VOYAGE_KEY,
+        "MXBAI_API_KEY": MXBAI_KEY,
     }
     printed = []
     with (
         CohereEmulator(key=COHERE_KEY) as co,
         AnthropicEmulator(key=ANTHROPIC_KEY) as an,
         OpenAIEmulator(key=OPENAI_KEY) as oa,
+        JinaEmulator(key=JINA_KEY) as ji,
+        VoyageEmulator(key=VOYAGE_KEY) as vo,
+        MixedbreadEmulator(key=MXBAI_KEY) as mx,
     ):
         jobs = {
             "none": ["reranker=none"],
@@ -40,6 +58,13 @@ def test_no_key_anywhere(tmp_path, monkeypatch):
             "llm-listwise": ["reranker=llm", f"reranker.base_url={an.url}"],
             "llm-pointwise": ["reranker=llm", "reranker.mode=pointwise", f"reranker.base_url={an.url}"],
             "llm-openai": ["reranker=llm_openai", f"reranker.base_url={oa.url}/v1"],
+            "jina": [
+                "reranker=jina",
+                f"reranker.base_url={ji.url}",
+                "reranker.price_per_million_tokens=0.02",
+            ],
+            "voyage": ["reranker=voyage", f"reranker.base_url={vo.url}/v1"],
+            "mixedbread": ["reranker=mixedbread", f"reranker.base_url={mx.url}"],
         }
         for name, over in jobs.items():
             res = run_cli(
@@ -64,6 +89,7 @@ def test_no_key_anywhere(tmp_path, monkeypatch):
         assert res.code == 0, res.stderr[-2000:]
         printed += [res.stdout, res.stderr]
     assert len(co.requests) >= 2 and len(an.requests) >= 4 and len(oa.requests) >= 1  # the keys were used
+    assert min(len(ji.requests), len(vo.requests), len(mx.requests)) >= 1
     from rerank_eval import report
 
     o, e = io.StringIO(), io.StringIO()

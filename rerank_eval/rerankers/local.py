@@ -1,0 +1,193 @@
+"""What the local-model families built on transformers share (``causal_lm``, ``seq2seq``): a model loaded by
+Hugging Face id or folder under the cross-encoders' dtype and device policy (``engine.pick_dtype``), identical
+inputs scored once, length-sorted batches under a token budget with the engine's own cut (``engine._batches``) or
+one input a forward (batch invariance, the default: a score never depends on what it was scored with), padding on
+the side the family needs, and one progress bar. A family says how a (query, document) pair becomes token ids and
+how a padded batch becomes one score per row; see the README's "Adding a reranker family".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..engine import _batches, _progress, _singles, dtype_name, load_error, pick_device, pick_dtype
+from ..errors import BackendUnavailableError, ConfigError
+from ..provenance import hub_snapshot, model_identity
+
+FIELD = re.compile(r"\{(\w+)\}")  # a prompt's fields: {query}, {document}...
+_LOADED: dict[tuple, LocalModel] = {}
+
+
+class LocalModel:
+    """A tokenizer and a transformers model (``loader``: ``AutoModelForCausalLM``, ``AutoModelForSeq2SeqLM``...),
+    in eval mode on its device, and ``run`` to score token sequences with it.
+
+    Args:
+        model: a Hugging Face id (loaded from the hub cache offline) or a local folder.
+        loader: the transformers auto class that loads it.
+        revision: the hub revision (recorded in ``files``).
+        device, dtype: as for cross-encoders (fp32 by default; ``auto``: bf16 where the hardware has it).
+        batch_invariant: one input a forward; False pads many under ``batch_tokens`` (faster; scores then move
+            with batch composition by float rounding).
+        batch_tokens: the token budget of one padded batch (rows times longest); None: 4096 on CPU, 65536 on CUDA.
+        padding_side: ``left`` for a decoder read at its last position, ``right`` for an encoder.
+        architecture: the suffix the checkpoint's declared architecture must have (``ForCausalLM``...): another
+            kind of checkpoint is refused, not scored through a head it was never trained with.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        loader,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "fp32",
+        batch_invariant: bool = True,
+        batch_tokens: int | None = None,
+        padding_side: str = "left",
+        architecture: str = "",
+    ):
+        from transformers import AutoConfig, AutoTokenizer
+
+        path, self.files = _folder(model, revision)
+        try:
+            declared = AutoConfig.from_pretrained(path).architectures or []
+        except (OSError, ValueError) as e:
+            raise load_error(model, e) from e
+        if not any(a.endswith(architecture) for a in declared):
+            raise ConfigError(
+                f"{model} is a {'/'.join(declared) or 'undeclared'} checkpoint, not a *{architecture} one; "
+                "choose the reranker family its model card names"
+            )
+        self.device = pick_device(device)
+        self.torch_dtype = pick_dtype(dtype, self.device)
+        self.dtype = dtype_name(self.torch_dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = loader.from_pretrained(path, dtype=self.torch_dtype).to(self.device).eval()
+        except (OSError, ValueError) as e:
+            raise load_error(model, e) from e
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side must be left or right, got {padding_side!r}")
+        self.padding_side = padding_side
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        self.batch_invariant = bool(batch_invariant)
+        cuda = self.device.startswith("cuda")
+        self.batch_tokens = int(batch_tokens or (65536 if cuda else 4096))
+        self.min_fill = 0.0 if cuda else 0.7
+
+    def encode(self, texts: Sequence[str], **kwargs) -> dict[str, list[int]]:
+        """Token ids of each distinct text, in one batched tokenizer call (``kwargs`` go to the tokenizer)."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return {}
+        ids = self.tokenizer(unique, **kwargs)["input_ids"]
+        return dict(zip(unique, ids, strict=True))
+
+    def run(
+        self,
+        inputs: Sequence[Sequence[int]],
+        forward: Callable,
+        progress: bool = False,
+        desc: str = "scoring",
+    ) -> np.ndarray:
+        """One fp32 score per input sequence, in input order: ``forward(input_ids, attention_mask)`` gets a padded
+        batch on the device and returns one score per row. Identical sequences are scored once."""
+        import torch
+
+        if not inputs:
+            return np.zeros(0, dtype=np.float32)
+        unique = list(dict.fromkeys(tuple(s) for s in inputs))
+        lengths = np.fromiter((len(s) for s in unique), dtype=np.int64, count=len(unique))
+        order = np.argsort(-lengths, kind="stable")
+        if self.batch_invariant:
+            cuts = _singles(len(order))
+        else:
+            cuts = _batches(lengths[order], self.batch_tokens, self.min_fill)
+        scores = np.empty(len(unique), dtype=np.float32)
+        bar = _progress(len(unique), progress, desc)
+        with torch.inference_mode():
+            for a, b in cuts:
+                idx = order[a:b]
+                width = int(lengths[idx[0]])
+                ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for row, i in enumerate(idx):
+                    n = int(lengths[i])
+                    cols = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
+                    ids[row, cols] = unique[i]
+                    mask[row, cols] = 1
+                out = forward(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+                scores[idx] = out.float().cpu().numpy()
+                if bar:
+                    bar.update(len(idx))
+        if bar:
+            bar.close()
+        where = {s: i for i, s in enumerate(unique)}
+        return scores[[where[tuple(s)] for s in inputs]]
+
+
+def shared_model(key: tuple, make: Callable[[], LocalModel]) -> LocalModel:
+    """One loaded model per setting and process: the jobs of a sweep share it. ``key[1:3]`` is the model and
+    its revision; the model's files' hash joins the key, so a model rewritten in place is loaded again."""
+    key = (*key, _folder(key[1], key[2])[1])
+    if key not in _LOADED:
+        _LOADED[key] = make()
+    return _LOADED[key]
+
+
+def _folder(model: str, revision: str | None) -> tuple[str, str]:
+    """What to load (a local folder as given, else the hub cache's snapshot of the id, which offline must be
+    there) and the model's identity (``provenance.model_identity``: its files' hash, and a hub id's commit)."""
+    from pathlib import Path
+
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return str(p.resolve()), model_identity(str(p.resolve()))
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise BackendUnavailableError(
+            f"model path {model} does not exist; pass a model folder or a Hugging Face id"
+        )
+    snap = hub_snapshot(model, revision)
+    return (str(snap) if snap is not None else model), model_identity(model, revision)
+
+
+SCORES = ("log_odds", "yes_logit")
+
+
+def yes_no_score(logits, yes: int, no: int, score: str):
+    """A pair's score from the logits of the token that answers: ``log_odds`` is log p(yes) - log p(no) (the
+    recipes' p(yes | yes or no) is its sigmoid, and ranks the same without saturating to ties at 1.0);
+    ``yes_logit`` is the yes logit alone (bge-reranker-v2-gemma's recipe)."""
+    logits = logits.float()
+    return logits[:, yes] - logits[:, no] if score == "log_odds" else logits[:, yes]
+
+
+def check_score(score: str, what: str) -> str:
+    if score not in SCORES:
+        raise ConfigError(f"{what}: score must be one of {', '.join(SCORES)}, got {score!r}")
+    return score
+
+
+def fill(template: str, **values: str) -> str:
+    """``template`` with each ``{field}`` replaced in one pass (braces inside the values stay as they are)."""
+    return FIELD.sub(lambda m: values[m[1]], template)
+
+
+def answers(lm: LocalModel, tokens: Sequence[str], what: str) -> tuple[int, int]:
+    """The vocabulary ids of the positive and the negative answer (vocabulary entries such as ``yes`` or
+    ``▁true``), or a one-line refusal."""
+    if isinstance(tokens, str) or len(tokens) != 2:
+        raise ConfigError(f"{what}: answer_tokens is a pair [positive, negative], got {tokens!r}")
+    ids = []
+    for token in tokens:
+        tid = lm.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or (tid == lm.tokenizer.unk_token_id and token != lm.tokenizer.unk_token):
+            raise ConfigError(f"{what}: the tokenizer has no token {token!r}; name a vocabulary entry")
+        ids.append(int(tid))
+    return ids[0], ids[1]
