@@ -139,6 +139,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_sweep(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow  # 20 s; the file store's path is every other sweep test's
 def test_two_job_sweep_against_a_real_mlflow_server(tmp_path):
     from rerank_eval.tracking import local_server
 

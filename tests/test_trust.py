@@ -420,7 +420,7 @@ def test_a_job_scored_fresh_equals_the_same_job_served_from_a_deeper_jobs_cache(
     monkeypatch.setenv("RERANK_EVAL_CACHE", str(tmp_path / "fresh"))
     fresh = job(tmp_path / "fresh-10", *ce, "candidates=10", "top_k=10")
     monkeypatch.setenv("RERANK_EVAL_CACHE", str(tmp_path / "deep"))
-    job(tmp_path / "deep-40", *ce, "candidates=40", "top_k=10")
+    job(tmp_path / "deep-20", *ce, "candidates=20", "top_k=10")
     served = job(tmp_path / "served-10", *ce, "candidates=10", "top_k=10")
     assert fresh.counts["pairs_scored"] == 430 and served.counts["pairs_scored"] == 0
     assert served.metrics == fresh.metrics and served.pvalues == fresh.pvalues
