@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv bench test test-all chromium reliability lint perf sweep-cost report screenshot ui clean
+.PHONY: help venv bench test test-all chromium reliability lint perf scale sweep-cost report screenshot ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ lint: venv  ## ruff
 
 perf: venv  ## throughput benchmark: results/perf.md
 	$(PY) -m rerank_eval.perf
+
+scale: venv  ## BM25 jobs on synthetic corpora of 50k, 250k and 1M documents, cold and warm: results/scale.md
+	$(PY) benchmarks/scale.py --sizes $(or $(SIZES),50000,250000,1000000)
 
 sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
 	$(PY) benchmarks/sweep_cost.py

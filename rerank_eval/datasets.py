@@ -17,8 +17,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+from .docstore import DocStore
 from .errors import ConfigError, DataError
-from .paths import DATA_ENV
+from .paths import DATA_ENV, cache_root
 from .provenance import file_hash
 from .types import Doc, Qrels, Query
 
@@ -71,7 +72,7 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
         raise DataError(f"{path}: truncated or corrupt gzip ({e}); download or copy the file again") from None
 
 
-_CORPORA: dict[tuple[str, int, int], dict[str, Doc]] = {}
+_STORES: dict[tuple[str, int, int], DocStore] = {}
 
 
 class BeirDirDataset:
@@ -116,32 +117,27 @@ class BeirDirDataset:
         return f"BeirDirDataset({str(self.path)!r}, split={self.split!r})"
 
     @cached_property
-    def _docs(self) -> dict[str, Doc]:
+    def _docs(self) -> DocStore:
         stat = self._corpus_file.stat()
         key = (str(self._corpus_file.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _CORPORA:  # parsed once per process: the jobs of a sweep share it
-            _CORPORA.clear()
-            _CORPORA[key] = self._parse_corpus()
-        return _CORPORA[key]
+        if key not in _STORES:  # opened once per process: the jobs of a sweep share it
+            records = _read_jsonl(self._corpus_file, ("_id", "text"))
+            store = DocStore.open_or_build(
+                self._corpus_file, self.corpus_fingerprint, cache_root() / "docstore", records
+            )
+            self._check(store)
+            _STORES[key] = store
+        return _STORES[key]
 
-    def _parse_corpus(self) -> dict[str, Doc]:
-        docs: dict[str, Doc] = {}
-        for obj in _read_jsonl(self._corpus_file, ("_id", "text")):
-            doc_id = str(obj["_id"])
-            if doc_id in docs:
-                raise DataError(
-                    f"{self._corpus_file}: document id {doc_id!r} appears twice; ids must be unique"
-                )
-            docs[doc_id] = Doc(doc_id, str(obj["text"] or ""), str(obj.get("title") or ""))
-        if not docs:
-            raise DataError(f"{self._corpus_file} holds no documents")
-        blank = sum(1 for d in docs.values() if not d.full_text.strip())
-        if blank:
+    def _check(self, store: DocStore) -> None:
+        if store.blank:
             log.warning(
-                "%s: %d documents have no title and no text; kept, they score as empty", self.name, blank
+                "%s: %d documents have no title and no text; kept, they score as empty",
+                self.name,
+                store.blank,
             )
         judged = {d for rel in self._qrels.values() for d in rel}
-        unknown = judged - docs.keys()
+        unknown = judged - store.get(sorted(judged)).keys()
         if unknown == judged:
             raise DataError(
                 f"{self._qrels_file} judges none of the documents in {self._corpus_file.name} (e.g. "
@@ -155,7 +151,6 @@ class BeirDirDataset:
                 len(unknown),
                 sorted(unknown)[:3],
             )
-        return docs
 
     @cached_property
     def _qrels(self) -> Qrels:
@@ -201,10 +196,10 @@ class BeirDirDataset:
         return self._qrels
 
     def docs(self, doc_ids: Sequence[str]) -> dict[str, Doc]:
-        return _lookup(self._docs, doc_ids, self.name)
+        return _lookup(self._docs.get(doc_ids), doc_ids, self.name)
 
     def corpus(self) -> Iterable[Doc]:
-        return self._docs.values()
+        return self._docs
 
     @cached_property
     def corpus_fingerprint(self) -> str:

@@ -8,8 +8,11 @@ import numpy as np
 
 from ..datasets import Dataset
 from ..errors import ConfigError, DataError
+from ..paths import cache_root
 from ..ranking import top_k
 from ..types import Query, Ranking
+
+_CHUNK = 50_000  # documents tokenized at once while building
 
 
 class BM25Retriever:
@@ -66,19 +69,41 @@ class BM25Retriever:
         return bm25s.tokenization.Tokenizer(stopwords=self.stopwords or [], stemmer=stemmer)
 
     def index(self, dataset: Dataset) -> None:
-        import bm25s
+        """Index the corpus; with bm25s the index is persisted under ``.cache/bm25/`` per (corpus, settings,
+        library version) and memory-mapped by later jobs and processes instead of built again."""
+        self._tok = self._tokenizer()
+        if self.backend == "bm25s":
+            self._index, self._ids = persisted(self.identity(dataset), lambda: self._build(dataset))
+            return
+        from rank_bm25 import BM25Okapi
 
         docs = list(dataset.corpus())
         self._ids = [d.doc_id for d in docs]
-        self._tok = self._tokenizer()
         tokens = self._tok.tokenize([d.full_text for d in docs], return_as="string", show_progress=False)
-        if self.backend == "bm25s":
-            self._index = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-            self._index.index(tokens, show_progress=False)
-        else:
-            from rank_bm25 import BM25Okapi
+        self._index = BM25Okapi(tokens, k1=self.k1, b=self.b)
 
-            self._index = BM25Okapi(tokens, k1=self.k1, b=self.b)
+    def _build(self, dataset: Dataset):
+        import bm25s
+
+        ids: list[str] = []
+        tokens: list[list[str]] = []
+        texts: list[str] = []
+        for d in dataset.corpus():  # the store streams: only a chunk's texts are held, then their tokens
+            ids.append(d.doc_id)
+            texts.append(d.full_text)
+            if len(texts) == _CHUNK:
+                tokens += self._tok.tokenize(
+                    texts, return_as="string", show_progress=False, update_vocab=True
+                )
+                texts = []
+        tokens += (
+            self._tok.tokenize(texts, return_as="string", show_progress=False, update_vocab=True)
+            if texts
+            else []
+        )
+        index = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        index.index(tokens, show_progress=False)
+        return index, ids
 
     def query_tokens(self, queries: Sequence[Query]) -> list[list[str]]:
         return self._tok.tokenize(
@@ -98,3 +123,44 @@ class BM25Retriever:
                 scores = self._index.get_scores(toks)
             out[q.query_id] = top_k(self._ids, scores, k)
         return out
+
+
+def persisted(identity: str, build):
+    """The bm25s index and document ids saved for ``identity``, memory-mapped; built by ``build()`` and saved
+    (beside its final folder, renamed when complete) when absent or unreadable."""
+    import hashlib
+    import json
+    import os
+    import shutil
+
+    import bm25s
+
+    root = cache_root() / "bm25"
+    folder = root / hashlib.sha256(identity.encode()).hexdigest()[:20]
+    if (folder / "ids.json").is_file():
+        try:
+            index = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
+            return index, json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(folder, ignore_errors=True)  # damaged: built again
+    index, ids = build()
+    tmp = root / f".{folder.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        index.save(str(tmp), show_progress=False)
+        (tmp / "identity.txt").write_text(identity, encoding="utf-8")
+        (tmp / "ids.json").write_text(json.dumps(ids), encoding="utf-8")  # last: it marks the folder complete
+        if folder.exists():  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except (
+        OSError
+    ) as e:  # the cache is an optimisation: a full disk costs the next job a rebuild, not this one
+        shutil.rmtree(tmp, ignore_errors=True)
+        import logging
+
+        logging.getLogger("rerank_eval").warning(
+            "bm25: could not save the index (%s); it is rebuilt next time", e
+        )
+    return index, ids
