@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+SIZES ?= 50000,250000,1000000
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -44,7 +45,7 @@ perf: venv  ## throughput benchmark: results/perf.md
 	$(PY) -m rerank_eval.perf
 
 scale: venv  ## BM25 jobs on synthetic corpora of 50k, 250k and 1M documents, cold and warm: results/scale.md
-	$(PY) benchmarks/scale.py --sizes $(or $(SIZES),50000,250000,1000000)
+	$(PY) benchmarks/scale.py --sizes $(SIZES)
 
 sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
 	$(PY) benchmarks/sweep_cost.py
