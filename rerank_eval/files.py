@@ -18,13 +18,11 @@ from .errors import OutputError
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
-    """A text file opened for writing that appears at ``path`` only when the block completes."""
-    path = Path(path)
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block completes and removed when it fails."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
+        yield tmp
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -39,19 +37,17 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[TextIO]:
+    """A text file opened for writing that appears at ``path`` only when the block completes."""
+    with _replacing(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
+
+
 def copy_atomic(src: Path, path: Path) -> None:
     """Copy ``src`` to ``path`` whole or not at all (text or binary)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with _replacing(Path(path)) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(
-            f"cannot write {path} ({e.strerror or e}); free space or fix permissions and rerun"
-        ) from None
 
 
 def write_atomic(path: Path, text: str) -> None:
