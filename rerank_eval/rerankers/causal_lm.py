@@ -13,15 +13,12 @@ the closing prompt added after, uncounted).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
-from ..provenance import scoring_code
-from ..types import Doc, Query
-from .local import FIELD, LocalModel, answers, check_score, fill, shared_model, yes_no_score
+from .local import FIELD, AnswerReranker, answers, check_score, fill, shared_model, yes_no_score
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ def segments(prompt: Sequence, what: str) -> list[Segment]:
     return out
 
 
-class CausalLMReranker:
+class CausalLMReranker(AnswerReranker):
     """Scores each (query, title + text) pair by a causal LM's yes/no answer.
 
     Args:
@@ -69,8 +66,6 @@ class CausalLMReranker:
         max_length: the budget of the counted segments, in tokens.
         revision, device, dtype, batch_invariant, batch_tokens: see ``local.LocalModel``.
     """
-
-    pointwise = True
 
     def __init__(
         self,
@@ -96,37 +91,25 @@ class CausalLMReranker:
         fixed = sum(1 for s in self.segments if s.counted and "{document}" not in s.text)
         if self.max_length < fixed + 2:
             raise ConfigError(f"{what}: max_length={max_length} leaves no room for the document")
-        key = ("causal_lm", model, revision, device, dtype, batch_invariant, batch_tokens)
         self.lm = lm = shared_model(
-            key,
-            lambda: LocalModel(
-                model,
-                AutoModelForCausalLM,
-                revision,
-                device,
-                dtype,
-                batch_invariant,
-                batch_tokens,
-                "left",
-                "ForCausalLM",
-            ),
+            model,
+            AutoModelForCausalLM,
+            revision,
+            device,
+            dtype,
+            batch_invariant,
+            batch_tokens,
+            "left",
+            "ForCausalLM",
         )
         self.yes, self.no = answers(lm, answer_tokens, what)
         if self.bos and lm.tokenizer.bos_token_id is None:
             raise ConfigError(f"{what}: bos=true but {model}'s tokenizer has no BOS token")
-        self.dtype, self.device, self.batch_invariant = lm.dtype, lm.device, lm.batch_invariant
         recipe = json.dumps(
             [[asdict(s) for s in self.segments], self.instruction, self.bos, list(answer_tokens)],
             sort_keys=True,
         )
-        batched = "" if lm.batch_invariant else "-batched"
-        self.name = f"lm-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"
-        self.identity = (
-            f"causal-lm|{lm.files}|prompt={hashlib.sha256(recipe.encode()).hexdigest()[:12]}|{score}"
-            f"|len={self.max_length}|{self.dtype}|{'invariant' if lm.batch_invariant else 'batched'}"
-            f"|code={scoring_code('rerankers/causal_lm', 'rerankers/local', 'engine')}"
-        )
-        self.settings = {"max_length": self.max_length, "dtype": self.dtype, "score": score}
+        self._describe("causal-lm", "lm", model, recipe, score, "rerankers/causal_lm")
 
     def pair_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
         """The prompt's token ids for each (query, document) pair."""
@@ -150,7 +133,3 @@ class CausalLMReranker:
     def _forward(self, input_ids, attention_mask):
         out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
         return yes_no_score(out.logits[:, -1], self.yes, self.no, self.score_mode)
-
-    def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
-        ids = self.pair_ids([(query.text, d.full_text) for d in docs])
-        return self.lm.run(ids, self._forward).tolist()

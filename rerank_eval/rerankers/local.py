@@ -8,6 +8,7 @@ how a padded batch becomes one score per row; see the README's "Adding a reranke
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 
@@ -15,7 +16,8 @@ import numpy as np
 
 from ..engine import _batches, _progress, _singles, dtype_name, load_error, pick_device, pick_dtype
 from ..errors import BackendUnavailableError, ConfigError
-from ..provenance import hub_snapshot, model_identity
+from ..provenance import hub_snapshot, model_identity, scoring_code
+from ..types import Doc, Query
 
 FIELD = re.compile(r"\{(\w+)\}")  # a prompt's fields: {query}, {document}...
 _LOADED: dict[tuple, LocalModel] = {}
@@ -132,13 +134,49 @@ class LocalModel:
         return scores[[where[tuple(s)] for s in inputs]]
 
 
-def shared_model(key: tuple, make: Callable[[], LocalModel]) -> LocalModel:
-    """One loaded model per setting and process: the jobs of a sweep share it. ``key[1:3]`` is the model and
-    its revision; the model's files' hash joins the key, so a model rewritten in place is loaded again."""
-    key = (*key, _folder(key[1], key[2])[1])
+def shared_model(
+    model: str,
+    loader,
+    revision: str | None,
+    device: str,
+    dtype: str,
+    batch_invariant: bool,
+    batch_tokens: int | None,
+    padding_side: str,
+    architecture: str,
+) -> LocalModel:
+    """One loaded ``LocalModel`` per setting and process: the jobs of a sweep share it. The model's files' hash
+    is part of the key, so a model rewritten in place is loaded again."""
+    args = (model, loader, revision, device, dtype, batch_invariant, batch_tokens, padding_side, architecture)
+    key = (*args, _folder(model, revision)[1])
     if key not in _LOADED:
-        _LOADED[key] = make()
+        _LOADED[key] = LocalModel(*args)
     return _LOADED[key]
+
+
+class AnswerReranker:
+    """What the families that read an answer token's logits share: a subclass sets ``lm`` and implements
+    ``pair_ids(pairs)`` and ``_forward(input_ids, attention_mask)``, then calls ``_describe``."""
+
+    pointwise = True
+
+    def _describe(self, family: str, prefix: str, model: str, recipe: str, score: str, module: str) -> None:
+        """Name, identity (the score cache's key: files, prompt, score, length, dtype, batching, code) and
+        settings of a reranker whose prompt is ``recipe``."""
+        lm = self.lm
+        self.dtype, self.device, self.batch_invariant = lm.dtype, lm.device, lm.batch_invariant
+        batched = "" if lm.batch_invariant else "-batched"
+        self.name = f"{prefix}-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"
+        self.identity = (
+            f"{family}|{lm.files}|prompt={hashlib.sha256(recipe.encode()).hexdigest()[:12]}|{score}"
+            f"|len={self.max_length}|{self.dtype}|{'invariant' if lm.batch_invariant else 'batched'}"
+            f"|code={scoring_code(module, 'rerankers/local', 'engine')}"
+        )
+        self.settings = {"max_length": self.max_length, "dtype": self.dtype, "score": score}
+
+    def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
+        ids = self.pair_ids([(query.text, d.full_text) for d in docs])
+        return self.lm.run(ids, self._forward).tolist()
 
 
 def _folder(model: str, revision: str | None) -> tuple[str, str]:

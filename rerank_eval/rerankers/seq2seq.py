@@ -6,16 +6,13 @@ log-sigmoid of ``log_odds`` and ranks the same)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from ..errors import ConfigError
-from ..provenance import scoring_code
-from ..types import Doc, Query
-from .local import FIELD, LocalModel, answers, check_score, fill, shared_model, yes_no_score
+from .local import FIELD, AnswerReranker, answers, check_score, fill, shared_model, yes_no_score
 
 
-class Seq2SeqReranker:
+class Seq2SeqReranker(AnswerReranker):
     """Scores each (query, title + text) pair by an encoder-decoder's true/false answer.
 
     Args:
@@ -27,8 +24,6 @@ class Seq2SeqReranker:
         max_length: the longest input in tokens (monoT5 was trained on 512).
         revision, device, dtype, batch_invariant, batch_tokens: see ``local.LocalModel``.
     """
-
-    pointwise = True
 
     def __init__(
         self,
@@ -49,20 +44,16 @@ class Seq2SeqReranker:
         if sorted(set(FIELD.findall(template))) != ["document", "query"]:
             raise ConfigError(f"{what}: the template needs {{query}} and {{document}} and no other field")
         self.template, self.score_mode, self.max_length = template, check_score(score, what), int(max_length)
-        key = ("seq2seq", model, revision, device, dtype, batch_invariant, batch_tokens)
         self.lm = lm = shared_model(
-            key,
-            lambda: LocalModel(
-                model,
-                AutoModelForSeq2SeqLM,
-                revision,
-                device,
-                dtype,
-                batch_invariant,
-                batch_tokens,
-                "right",
-                "ForConditionalGeneration",
-            ),
+            model,
+            AutoModelForSeq2SeqLM,
+            revision,
+            device,
+            dtype,
+            batch_invariant,
+            batch_tokens,
+            "right",
+            "ForConditionalGeneration",
         )
         self.yes, self.no = answers(lm, answer_tokens, what)
         self.start = lm.model.config.decoder_start_token_id
@@ -70,16 +61,9 @@ class Seq2SeqReranker:
             raise ConfigError(
                 f"{what}: {model} declares no decoder_start_token_id; is it an encoder-decoder?"
             )
-        self.dtype, self.device, self.batch_invariant = lm.dtype, lm.device, lm.batch_invariant
-        recipe = f"{template}|{'|'.join(answer_tokens)}"
-        batched = "" if lm.batch_invariant else "-batched"
-        self.name = f"t5-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"
-        self.identity = (
-            f"seq2seq|{lm.files}|prompt={hashlib.sha256(recipe.encode()).hexdigest()[:12]}|{score}"
-            f"|len={self.max_length}|{self.dtype}|{'invariant' if lm.batch_invariant else 'batched'}"
-            f"|code={scoring_code('rerankers/seq2seq', 'rerankers/local', 'engine')}"
+        self._describe(
+            "seq2seq", "t5", model, f"{template}|{'|'.join(answer_tokens)}", score, "rerankers/seq2seq"
         )
-        self.settings = {"max_length": self.max_length, "dtype": self.dtype, "score": score}
 
     def pair_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
         texts = [fill(self.template, query=q, document=d) for q, d in pairs]
@@ -92,7 +76,3 @@ class Seq2SeqReranker:
         start = torch.full((len(input_ids), 1), self.start, dtype=input_ids.dtype, device=input_ids.device)
         out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=start)
         return yes_no_score(out.logits[:, 0], self.yes, self.no, self.score_mode)
-
-    def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
-        ids = self.pair_ids([(query.text, d.full_text) for d in docs])
-        return self.lm.run(ids, self._forward).tolist()
