@@ -141,7 +141,8 @@ class Usage:
 class RerankService:
     """What the rerank APIs share (Cohere, Jina, Voyage, mixedbread): documents split over calls, a client-side
     rate limit, retries of the transient failures the SDK does not retry itself (``transient``: exception types;
-    the SDK's own retries honour Retry-After), one-line errors, a score for every document or a failed query, and
+    an error's ``retry_after`` seconds are waited for, else 0.25 s doubling up to 8 s; the SDKs' own retries
+    honour Retry-After), one-line errors, a score for every document or a failed query, and
     usage: requests, the unit the service bills (``billed``) and its cost.
 
     A service module sets ``service`` and ``billed``, builds its client in ``__init__`` (calling ``setup``) and
@@ -200,7 +201,8 @@ class RerankService:
                         f"{self.service} failed for query {query.query_id} after {attempt + 1} attempts: "
                         f"{describe(e)}"
                     ) from e
-                time.sleep(min(8.0, 0.25 * 2**attempt))
+                wait = getattr(e, "retry_after", None)  # the server's Retry-After, where the error carries it
+                time.sleep(min(60.0, wait) if wait is not None else min(8.0, 0.25 * 2**attempt))
             except RerankerCallError:
                 raise
             except Exception as e:  # the SDK's own retries are spent: every other failure counts the same

@@ -4,8 +4,6 @@ SDKs do it for the others."""
 
 from __future__ import annotations
 
-import time
-
 from ..provenance import scoring_code
 from .api import RerankService
 
@@ -84,10 +82,7 @@ class JinaReranker(RerankService):
             },
         )
         if resp.status_code == 429 or resp.status_code >= 500:
-            wait = _retry_after(resp.headers.get("retry-after"))
-            if wait:
-                time.sleep(min(wait, 60.0))
-            raise _Transient(resp.status_code, _message(resp), wait)
+            raise _Transient(resp.status_code, _message(resp), _retry_after(resp.headers.get("retry-after")))
         if resp.status_code != 200:
             raise _Refused(resp.status_code, _message(resp))
         body = resp.json()
