@@ -20,7 +20,7 @@ from typing import Protocol
 from .docstore import DocStore
 from .errors import ConfigError, DataError
 from .paths import DATA_ENV, cache_root
-from .provenance import file_hash
+from .provenance import file_hash, scoring_code
 from .types import Doc, Qrels, Query
 
 log = logging.getLogger("rerank_eval")
@@ -123,7 +123,10 @@ class BeirDirDataset:
         if key not in _STORES:  # opened once per process: the jobs of a sweep share it
             records = _read_jsonl(self._corpus_file, ("_id", "text"))
             store = DocStore.open_or_build(
-                self._corpus_file, self.corpus_fingerprint, cache_root() / "docstore", records
+                self._corpus_file,
+                f"{self.corpus_fingerprint}-{scoring_code('docstore', 'datasets')}",  # a code change rebuilds it
+                cache_root() / "docstore",
+                records,
             )
             self._check(store)
             _STORES[key] = store

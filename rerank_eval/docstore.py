@@ -1,6 +1,6 @@
 """A local corpus looked up, not held: a BEIR ``corpus.jsonl[.gz]`` read once, streaming, into one SQLite file
-(``id``, ``title``, ``text`` in the file's order) named by the corpus file's content hash under
-``.cache/docstore/``; later processes open it and read only the texts asked for, so memory does not grow with the
+(``id``, ``title``, ``text`` in the file's order) named by the corpus file's content hash and the hash of the code
+that reads it under ``.cache/docstore/``; later processes open it and read only the texts asked for, so memory does not grow with the
 corpus. The file is written beside its final name and renamed when complete: a store that is missing its
 completion record or cannot be read is rebuilt.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 from .errors import DataError
 from .types import Doc
 
-VERSION = 1  # of the store's layout: a change rebuilds every store
 _BATCH = 5000
 
 
@@ -29,15 +28,15 @@ class DocStore:
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-        if int(meta.get("version", -1)) != VERSION or "count" not in meta:
+        if "count" not in meta:
             raise sqlite3.DatabaseError("incomplete store")
         self.count, self.blank = int(meta["count"]), int(meta["blank"])
 
     @classmethod
-    def open_or_build(cls, corpus_file: Path, fingerprint: str, root: Path, records) -> DocStore:
-        """The store of this corpus (``fingerprint``: its content hash) under ``root``, built from ``records``
-        (an iterator of the file's JSON objects) when there is none or it is damaged."""
-        path = root / f"{fingerprint}-v{VERSION}.sqlite"
+    def open_or_build(cls, corpus_file: Path, key: str, root: Path, records) -> DocStore:
+        """The store named ``key`` (the corpus's content hash and the reading code's) under ``root``, built from
+        ``records`` (an iterator of the file's JSON objects) when there is none or it is damaged."""
+        path = root / f"{key}.sqlite"
         if path.is_file():
             try:
                 return cls(path)
@@ -112,9 +111,7 @@ def _build(tmp: Path, corpus_file: Path, records) -> None:
             flush()
         if not count:
             raise DataError(f"{corpus_file} holds no documents")
-        conn.executemany(
-            "INSERT INTO meta VALUES (?, ?)", [("version", VERSION), ("count", count), ("blank", blank)]
-        )
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [("count", count), ("blank", blank)])
         conn.commit()
     finally:
         conn.close()

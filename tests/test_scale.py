@@ -131,4 +131,6 @@ def test_a_persisted_bm25_index_ranks_as_a_fresh_one_and_is_rebuilt_when_anythin
         copy_of(tmp_path / "g", json.dumps({"_id": "new", "text": "cats"}) + "\n"), name="tiny"
     )
     bm25_run(grown)  # the corpus
-    assert len(folders()) == 4
+    monkeypatch.setattr(bm25, "scoring_code", lambda *modules: "edited")
+    bm25_run(tiny)  # the retriever's code
+    assert len(folders()) == 5

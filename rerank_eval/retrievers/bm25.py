@@ -9,6 +9,7 @@ import numpy as np
 from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..paths import cache_root
+from ..provenance import scoring_code
 from ..ranking import top_k
 from ..types import Query, Ranking
 
@@ -73,7 +74,8 @@ class BM25Retriever:
         library version) and memory-mapped by later jobs and processes instead of built again."""
         self._tok = self._tokenizer()
         if self.backend == "bm25s":
-            self._index, self._ids = persisted(self.identity(dataset), lambda: self._build(dataset))
+            key = f"{self.identity(dataset)}|code={scoring_code('retrievers/bm25')}"  # a code change rebuilds it
+            self._index, self._ids = persisted(key, lambda: self._build(dataset))
             return
         from rank_bm25 import BM25Okapi
 
