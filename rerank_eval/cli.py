@@ -161,6 +161,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
             allow_pool=plain.get("allow_pool", False),
             latency_probe=_count(plain, "latency", "probe", 10),
             latency_probe_api=_count(plain, "latency", "probe_api", 0),
+            query_batch=plain.get("query_batch", 1),
             context_tokenizer=plain.get("context_tokenizer"),
             bootstrap=_count(plain, "stats", "bootstrap", 10000),
             seed=_count(plain, "stats", "seed", 42),

@@ -17,7 +17,6 @@ many pairs a forward: faster, and scores then move with batch composition (by ~1
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 import os
@@ -29,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, ConfigError
-from .paths import cache_root
-from .provenance import model_identity, scoring_code
+from .provenance import model_identity
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -838,24 +836,3 @@ class BiEncoder:
         if bar:
             bar.close()
         return out
-
-    def encode_corpus(self, dataset, prefix: str = "") -> tuple[list[str], np.ndarray]:
-        """Embeddings of every document (``prefix`` + title + text), cached on disk per (model identity,
-        prefix, corpus fingerprint)."""
-        key = f"{self.identity}|{prefix}|{dataset.corpus_fingerprint}|{scoring_code('engine')}"
-        key = hashlib.sha256(key.encode()).hexdigest()[:20]
-        path = cache_root() / "embeddings" / f"{key}.npz"
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    return [str(x) for x in z["ids"]], z["emb"]
-            except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)  # a damaged cache file is rebuilt
-        docs = list(dataset.corpus())
-        emb = self.encode([prefix + d.full_text for d in docs], progress=True)
-        ids = [d.doc_id for d in docs]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, ids=np.array(ids), emb=emb)
-        os.replace(tmp, path)
-        return ids, emb

@@ -126,6 +126,7 @@ def run_experiment(
     allow_pool: bool = False,
     latency_probe: int = 10,
     latency_probe_api: int = 0,
+    query_batch: int = 1,
     context_tokenizer: str | None = MINILM_ID,
     bootstrap: int = 10000,
     seed: int = 42,
@@ -147,6 +148,7 @@ def run_experiment(
         allow_pool: run a full-corpus first stage over a dataset whose corpus is only a pool (recorded).
         latency_probe: queries timed afresh when some scores came from a cache (0: report no latency then).
         latency_probe_api: the same for API rerankers (their probe requests are paid for; default 0).
+        query_batch: queries whose candidates are scored in one call by rerankers that can (``run_pipeline``).
         context_tokenizer: the tokenizer ``context_tokens`` counts with (None: not counted), and the documents
             of rerankers without a tokenizer of their own.
         bootstrap, seed: resamples and seed of the paired bootstrap intervals (``analysis``).
@@ -188,6 +190,7 @@ def run_experiment(
         "allow_pool": allow_pool,
         "latency_probe": latency_probe,
         "latency_probe_api": latency_probe_api,
+        "query_batch": query_batch,
         "bootstrap": bootstrap,
         "seed": seed,
     }
@@ -231,6 +234,7 @@ def run_experiment(
             on_failure=on_failure,
             latency_probe=latency_probe,
             latency_probe_api=latency_probe_api,
+            query_batch=query_batch,
         )
         _CANDIDATE_RUNS.clear()  # one is enough: sweeps list top_k innermost
         _CANDIDATE_RUNS[comparison] = (fp, res)
@@ -321,9 +325,14 @@ def run_experiment(
         "failed_queries": float(len(res.failed)),
         "latency_queries": float(len(res.rerank_ms)),
         "index_s": res.index_s,
+        "retrieval_s": res.retrieval_s,
         "wall_s": wall,
         **res.probe,
     }
+    if reranker is not None and not shared:
+        counts["rerank_s"] = res.rerank_s
+        if res.pairs_scored and res.rerank_s > 0:
+            counts["rerank_pairs_per_s"] = res.pairs_scored / res.rerank_s  # the job's rate, scoring included
     if context_tokenizer:
         counts["context_tokens"] = context_tokens(
             final,

@@ -37,6 +37,8 @@ class PipelineResult:
     latency_source: str = "none"  # measured, probe or none: a latency is never replayed from a cache
     probe: dict[str, float] = field(default_factory=dict)
     index_s: float = 0.0
+    retrieval_s: float = 0.0  # the first stage's wall time over all queries
+    rerank_s: float = 0.0  # the reranking loop's wall time (cache lookups included)
     pairs_scored: int = 0
     pairs_cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # query_id -> why its reranking failed
@@ -78,6 +80,7 @@ def run_pipeline(
     on_failure: str = "fail",
     latency_probe: int = 10,
     latency_probe_api: int = 0,
+    query_batch: int = 1,
 ) -> PipelineResult:
     """Run one pipeline over the dataset's queries.
 
@@ -95,11 +98,15 @@ def run_pipeline(
             (``probe_latency``); 0 reports no reranker latency for such a job.
         latency_probe_api: the same for API rerankers (those with ``usage``), whose probe requests cost money:
             0 by default, so a rerun served from the caches sends nothing.
+        query_batch: queries whose candidates a reranker with ``score_many`` scores in one call (throughput on a
+            GPU); above 1 no call is a single query's, so latency comes from the probe.
 
     Returns:
         PipelineResult with the three rankings, per-query latencies and cache counts.
     """
     check_depths(candidates, top_k)
+    if not isinstance(query_batch, int) or isinstance(query_batch, bool) or query_batch < 1:
+        raise ConfigError(f"rerank.query_batch must be a whole number >= 1, got {query_batch!r}")
     if on_failure not in ("fail", "zero"):
         raise ConfigError(f"on_failure must be fail or zero, got {on_failure!r}")
     queries = list(queries if queries is not None else dataset.queries())
@@ -115,6 +122,7 @@ def run_pipeline(
     retriever.index(dataset)
     result = PipelineResult({}, {}, {}, index_s=time.perf_counter() - t0)
 
+    t0 = time.perf_counter()
     with _bar(len(queries), f"{retriever.name}", progress) as bar:
         for q in queries:
             t = time.perf_counter()
@@ -122,11 +130,12 @@ def run_pipeline(
             result.first_stage_ms[q.query_id] = (time.perf_counter() - t) * 1e3
             result.first_stage[q.query_id] = hits[:candidates]
             bar.update()
+    result.retrieval_s = time.perf_counter() - t0
 
     if reranker is None:
         result.reranked = dict(result.first_stage)
     else:
-        _rerank(dataset, reranker, queries, cache, progress, result, on_failure)
+        _rerank(dataset, reranker, queries, cache, progress, result, on_failure, query_batch)
         if len(result.rerank_ms) == len(queries):
             result.latency_source = "measured"
         else:
@@ -144,56 +153,85 @@ def _rerank(
     progress: bool,
     result: PipelineResult,
     on_failure: str,
+    query_batch: int = 1,
 ) -> None:
     """Score every query's candidates (cached scores reused), and time the calls that scored a query's whole
-    candidate list fresh: the only latency a job can claim as measured at its own depth."""
+    candidate list fresh: the only latency a job can claim as measured at its own depth. With ``query_batch`` > 1
+    and a reranker that has ``score_many``, that many queries' pairs go in one call (full batches for a GPU);
+    such calls are not timed, so the job's latency comes from the probe."""
     texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
     if not reranker.pointwise:
         cache = None  # a listwise score depends on the other documents: never reuse it across lists
+    many = getattr(reranker, "score_many", None) if query_batch > 1 else None
+    step = query_batch if many is not None else 1
+    t0 = time.perf_counter()
     with _bar(len(queries), f"rerank {reranker.name}", progress) as bar:
-        for q in queries:
-            hits = result.first_stage[q.query_id]
-            docs = [texts[h.doc_id] for h in hits]
-            full = [d.full_text for d in docs]
-            cached = cache.get(reranker.identity, q.text, full) if cache is not None else {}
-            keys = [text_key(t) for t in full]
-            todo = [i for i, k in enumerate(keys) if k not in cached]
-            scores = np.zeros(len(docs), dtype=np.float32)
-            for i, k in enumerate(keys):
-                if k in cached:
-                    scores[i] = cached[k]
-            if todo:
-                hits_before = _internal_hits(reranker)
-                t = time.perf_counter()
-                try:
-                    fresh = reranker.score(q, [docs[i] for i in todo])
-                except RerankerCallError as e:
-                    result.failed[q.query_id] = str(e)
-                    if on_failure == "fail":
-                        done = len(result.reranked)
-                        raise RerankEvalError(
-                            f"{e}; stopped after {done} of {len(queries)} queries (what was scored is cached: rerun "
-                            "to resume, or set on_failure=zero to score failed queries 0)"
-                        ) from None
-                    result.reranked[q.query_id] = []  # scores 0 for every metric, and stays in the mean
-                    bar.update()
-                    continue
-                ms = (time.perf_counter() - t) * 1e3
-                if len(fresh) != len(todo):
-                    raise RuntimeError(
-                        f"{reranker.name} returned {len(fresh)} scores for {len(todo)} documents"
-                    )
-                fresh = np.asarray(fresh, dtype=np.float32)
-                _check_finite(reranker, q, fresh, [hits[i].doc_id for i in todo])
-                scores[todo] = fresh
-                if len(todo) == len(docs) and _internal_hits(reranker) == hits_before:
-                    result.rerank_ms[q.query_id] = ms  # the whole list, fresh, in one call: measured
-                if cache is not None:
-                    cache.put(reranker.identity, q.text, [full[i] for i in todo], fresh.tolist())
-            result.pairs_scored += len(todo)
-            result.pairs_cached += len(docs) - len(todo)
-            result.reranked[q.query_id] = cut([h.doc_id for h in hits], scores)
-            bar.update()
+        for g in range(0, len(queries), step):
+            jobs = [
+                _Job(q, result.first_stage[q.query_id], texts, reranker, cache) for q in queries[g : g + step]
+            ]
+            todo = [j for j in jobs if j.todo]
+            try:
+                if many is not None:
+                    outs = many([(j.query, [j.docs[i] for i in j.todo]) for j in todo]) if todo else []
+                else:
+                    outs = []
+                    for j in todo:
+                        hits_before = _internal_hits(reranker)
+                        t = time.perf_counter()
+                        outs.append(reranker.score(j.query, [j.docs[i] for i in j.todo]))
+                        ms = (time.perf_counter() - t) * 1e3
+                        if len(j.todo) == len(j.docs) and _internal_hits(reranker) == hits_before:
+                            result.rerank_ms[j.query.query_id] = (
+                                ms  # the whole list, fresh, one call: measured
+                            )
+            except RerankerCallError as e:
+                for j in jobs:
+                    result.failed[j.query.query_id] = str(e)
+                if on_failure == "fail":
+                    done = len(result.reranked)
+                    raise RerankEvalError(
+                        f"{e}; stopped after {done} of {len(queries)} queries (what was scored is cached: rerun "
+                        "to resume, or set on_failure=zero to score failed queries 0)"
+                    ) from None
+                for j in jobs:
+                    result.reranked[j.query.query_id] = []  # scores 0 for every metric, and stays in the mean
+                bar.update(len(jobs))
+                continue
+            for j, fresh in zip(todo, outs, strict=True):
+                j.fill(fresh, cache)
+            for j in jobs:
+                result.pairs_scored += len(j.todo)
+                result.pairs_cached += len(j.docs) - len(j.todo)
+                result.reranked[j.query.query_id] = cut([h.doc_id for h in j.hits], j.scores)
+            bar.update(len(jobs))
+    result.rerank_s = time.perf_counter() - t0
+
+
+class _Job:
+    """One query's candidates: their cached scores, and which are still to score."""
+
+    def __init__(self, query: Query, hits, texts, reranker: Reranker, cache: ScoreCache | None):
+        self.query, self.hits, self.reranker = query, hits, reranker
+        self.docs = [texts[h.doc_id] for h in hits]
+        self.full = [d.full_text for d in self.docs]
+        cached = cache.get(reranker.identity, query.text, self.full) if cache is not None else {}
+        keys = [text_key(t) for t in self.full]
+        self.todo = [i for i, k in enumerate(keys) if k not in cached]
+        self.scores = np.array([cached.get(k, 0.0) for k in keys], dtype=np.float32)
+
+    def fill(self, fresh, cache: ScoreCache | None) -> None:
+        if len(fresh) != len(self.todo):
+            raise RuntimeError(
+                f"{self.reranker.name} returned {len(fresh)} scores for {len(self.todo)} documents"
+            )
+        fresh = np.asarray(fresh, dtype=np.float32)
+        _check_finite(self.reranker, self.query, fresh, [self.hits[i].doc_id for i in self.todo])
+        self.scores[self.todo] = fresh
+        if cache is not None:
+            cache.put(
+                self.reranker.identity, self.query.text, [self.full[i] for i in self.todo], fresh.tolist()
+            )
 
 
 def _internal_hits(reranker: Reranker) -> float:

@@ -134,3 +134,160 @@ def test_a_persisted_bm25_index_ranks_as_a_fresh_one_and_is_rebuilt_when_anythin
     monkeypatch.setattr(bm25, "scoring_code", lambda *modules: "edited")
     bm25_run(tiny)  # the retriever's code
     assert len(folders()) == 5
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "atire", "bm25l", "bm25+"])
+def test_the_bounded_memory_build_scores_exactly_as_bm25s_own_index(scifact, tmp_path, monkeypatch, method):
+    """Chunked term counts scored with bm25s's functions give bm25s.BM25.index's scores, bit for bit, for every
+    scoring variant; an empty document and a stop-words-only one are in the corpus, a stop-words-only query among
+    the queries."""
+    import bm25s
+
+    import rerank_eval.retrievers.bm25 as bm25
+    from rerank_eval.types import Query
+
+    monkeypatch.setattr(bm25, "_CHUNK", 700)  # chunks whose vocabularies grow as they come
+    folder = copy_of(tmp_path)
+    docs = records(folder) + list(scifact.corpus())[:2000] + [Doc("empty", ""), Doc("stop", "the and of it")]
+    with (folder / "corpus.jsonl").open("w") as f:
+        for d in docs:
+            f.write(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n")
+    ds = BeirDirDataset(folder, name="sample")
+    ours = BM25Retriever(method=method)
+    ours.index(ds)
+    tok = ours._tokenizer()
+    reference = bm25s.BM25(k1=0.9, b=0.4, method=method)
+    reference.index(
+        tok.tokenize([d.full_text for d in ds.corpus()], return_as="string", show_progress=False),
+        show_progress=False,
+    )
+    queries = list(scifact.queries())[:60] + [Query("stop", "it is the")]
+    for q, toks in zip(queries, ours.query_tokens(queries), strict=True):
+        np.testing.assert_array_equal(
+            ours._index.get_scores(toks), reference.get_scores(toks), err_msg=q.text
+        )
+    assert [d.doc_id for d in ours.retrieve([queries[-1]], 3)["stop"]] == ours._ids[
+        :3
+    ]  # no term: corpus order
+
+
+def test_reranking_batched_across_queries_equals_reranking_query_by_query(scifact):
+    """query_batch puts several queries' pairs in one call: the same scores and lists as one call a query (the
+    engine is batch invariant), no latency claimed from the batched calls (the probe times them), the rate kept."""
+    from conftest import CE_MODEL
+
+    from rerank_eval.pipeline import run_pipeline
+    from rerank_eval.rerankers.cross_encoder import CrossEncoderReranker
+
+    ce = CrossEncoderReranker(str(CE_MODEL), max_length=128)
+    bm25 = BM25Retriever()
+    queries = scifact.queries()[:9]
+    one = run_pipeline(scifact, bm25, ce, 12, 5, queries=queries, progress=False)
+    four = run_pipeline(
+        scifact, bm25, ce, 12, 5, queries=queries, progress=False, query_batch=4, latency_probe=2
+    )
+    assert four.reranked == one.reranked and four.pairs_scored == one.pairs_scored == 9 * 12
+    assert one.latency_source == "measured" and len(one.rerank_ms) == 9
+    assert (
+        four.latency_source == "probe" and len(four.rerank_ms) == 2 and four.probe["probe_max_abs_diff"] == 0
+    )
+    assert four.rerank_s > 0
+
+
+def test_a_failed_batched_call_fails_every_query_in_it(scifact):
+    from rerank_eval.pipeline import run_pipeline
+    from rerank_eval.rerankers.api import RerankerCallError
+
+    class Flaky:  # scores by text length; its second batch fails
+        name, identity, pointwise, calls = "flaky", "flaky", True, 0
+
+        def score(self, query, docs):
+            return [float(len(d.full_text)) for d in docs]
+
+        def score_many(self, items):
+            self.calls += 1
+            if self.calls == 2:
+                raise RerankerCallError("flaky: 503 after retries")
+            return [self.score(q, docs) for q, docs in items]
+
+    queries = scifact.queries()[:6]
+    res = run_pipeline(
+        scifact,
+        BM25Retriever(),
+        Flaky(),
+        3,
+        2,
+        queries=queries,
+        progress=False,
+        on_failure="zero",
+        query_batch=2,
+    )
+    lost = {q.query_id for q in queries[2:4]}
+    assert set(res.failed) == lost and all(res.reranked[q] == [] for q in lost)
+    assert all(res.reranked[q.query_id] for q in queries if q.query_id not in lost)
+
+
+def dense_corpus(tmp_path, copies=3):
+    """tiny's documents, then the same texts again under new ids: equal vectors, so ties across search chunks."""
+    folder = copy_of(tmp_path)
+    docs = records(folder)
+    with (folder / "corpus.jsonl").open("a") as f:
+        for c in range(1, copies):
+            for d in docs:
+                f.write(json.dumps({"_id": f"{d.doc_id}-{c}", "title": d.title, "text": d.text}) + "\n")
+    return BeirDirDataset(folder, name="tiny")
+
+
+def test_dense_search_in_chunks_is_the_exact_search_and_the_vectors_are_memory_mapped(tmp_path, monkeypatch):
+    import rerank_eval.retrievers.dense as dense
+    from rerank_eval.ranking import top_k
+    from rerank_eval.types import Query
+
+    ds = dense_corpus(tmp_path)
+    r = dense.DenseRetriever()
+    r.index(ds)
+    assert isinstance(r._emb, np.memmap) and r._emb.dtype == np.float32
+    queries = [Query("a", "cats"), Query("b", "will it rain tomorrow"), Query("c", "stock market")]
+    emb = np.array(r._emb)
+    q = r.encoder.encode([x.text for x in queries])
+    want = {x.query_id: top_k(r._ids, s, 7) for x, s in zip(queries, q @ emb.T, strict=True)}
+    monkeypatch.setattr(dense, "SEARCH_ROWS", 4)  # chunk edges fall between equal vectors
+    got = r.retrieve(queries, 7)
+    assert got == want
+    ids = [d.doc_id for d in got["a"]]
+    assert ids.index("d1") < ids.index("d1-1") < ids.index("d1-2")  # ties in corpus order, across chunks
+
+
+def test_an_interrupted_dense_build_resumes_from_its_saved_chunks(tmp_path, monkeypatch):
+    import rerank_eval.retrievers.dense as dense
+
+    ds = dense_corpus(tmp_path)
+    monkeypatch.setattr(dense, "ENCODE_CHUNK", 4)
+    r = dense.DenseRetriever()
+    real, calls = r.encoder.encode, []
+
+    def dies_on_the_third_chunk(texts, progress=False):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(texts, progress)
+
+    monkeypatch.setattr(r.encoder, "encode", dies_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        r.index(ds)
+    assert not list((tmp_path / "cache" / "dense").glob("*/ids.json"))  # nothing that looks complete
+    calls.clear()
+    monkeypatch.setattr(r.encoder, "encode", lambda texts, progress=False: calls.append(len(texts)) or real(texts))
+    r.index(ds)
+    n = len(r._ids)
+    assert calls == [4] * (n // 4 - 2) + ([n % 4] if n % 4 else [])  # the two saved chunks were not encoded again
+    monkeypatch.setattr(r.encoder, "encode", real)
+    fresh = dense.DenseRetriever(storage="fp32")
+    shutil.rmtree(tmp_path / "cache" / "dense")
+    fresh.index(ds)
+    np.testing.assert_array_equal(np.array(fresh._emb), np.array(r._emb))
+    half = dense.DenseRetriever(storage="fp16")
+    half.index(ds)
+    assert half._emb.dtype == np.float16 and half.name.endswith("-fp16store")
+    assert half.identity(ds) != fresh.identity(ds) and len(list((tmp_path / "cache" / "dense").iterdir())) == 2
+    np.testing.assert_allclose(np.array(half._emb, dtype=np.float32), np.array(fresh._emb), atol=1e-3)

@@ -18,6 +18,7 @@ class Reranker(Protocol):
     # optional: batch_invariant (a local model's scores are bitwise independent of batching: a latency probe that
     # finds fresh scores differing from cached ones then stops the job), device (where latency is measured),
     # usage (API requests and cost), internal_hits (a count of what it served from its own caches: a call that
-    # used any is not timed) and uncached() (a context in which it computes everything afresh: the probe's)
+    # used any is not timed), uncached() (a context in which it computes everything afresh: the probe's) and
+    # score_many([(query, docs), ...]) (several queries' candidates in one call: the pipeline's query_batch)
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]: ...

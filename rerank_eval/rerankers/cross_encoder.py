@@ -71,3 +71,13 @@ class CrossEncoderReranker:
         # every call tokenizes its own texts, as a service would: nothing a timing measures was done before
         self.engine._store.clear()
         return self.engine.score_pairs([(query.text, d.full_text) for d in docs]).tolist()
+
+    def score_many(self, items: Sequence[tuple[Query, Sequence[Doc]]]) -> list[list[float]]:
+        """Several queries' candidates in one ``score_pairs`` call: full batches for a GPU."""
+        self.engine._store.clear()
+        flat = self.engine.score_pairs([(q.text, d.full_text) for q, docs in items for d in docs]).tolist()
+        out, start = [], 0
+        for _, docs in items:
+            out.append(flat[start : start + len(docs)])
+            start += len(docs)
+        return out

@@ -85,26 +85,78 @@ class BM25Retriever:
         self._index = BM25Okapi(tokens, k1=self.k1, b=self.b)
 
     def _build(self, dataset: Dataset):
-        import bm25s
+        """bm25s's index, built in bounded memory: documents are tokenized a chunk at a time into term counts kept
+        on disk, then scored with bm25s's own idf and tf functions into the column-major matrix bm25s searches
+        (``bm25s.BM25.index`` holds every token of the corpus as Python lists: 6 GB at a million abstracts)."""
+        import tempfile
 
-        ids: list[str] = []
-        tokens: list[list[str]] = []
-        texts: list[str] = []
-        for d in dataset.corpus():  # the store streams: only a chunk's texts are held, then their tokens
-            ids.append(d.doc_id)
-            texts.append(d.full_text)
-            if len(texts) == _CHUNK:
-                tokens += self._tok.tokenize(
-                    texts, return_as="string", show_progress=False, update_vocab=True
-                )
-                texts = []
-        tokens += (
-            self._tok.tokenize(texts, return_as="string", show_progress=False, update_vocab=True)
-            if texts
-            else []
-        )
+        import bm25s
+        from bm25s import scoring
+
         index = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        index.index(tokens, show_progress=False)
+        ids: list[str] = []
+        lengths: list[np.ndarray] = []  # tokens a document (repeats counted), as bm25s's document length
+        df = np.zeros(0, dtype=np.int64)
+        root = cache_root() / "bm25"
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".counts.") as spill:
+            chunks = 0
+            for texts in _chunks(dataset.corpus(), ids):
+                docs = self._tok.tokenize(texts, return_as="ids", show_progress=False, update_vocab=True)
+                vocab = len(self._tok.get_vocab_dict())
+                dl = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+                flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(dl.sum()))
+                # (document, term) pairs and their counts, ordered by document then term
+                pairs, tf = np.unique(np.repeat(np.arange(len(docs)), dl) * vocab + flat, return_counts=True)
+                doc, term = np.divmod(pairs, vocab)
+                np.savez(
+                    f"{spill}/{chunks}.npz",
+                    doc=(doc + len(ids) - len(docs)).astype(np.int32),
+                    term=term.astype(np.int32),
+                    tf=tf.astype(np.float32),
+                    dl=dl[doc].astype(np.int32),
+                )
+                df = np.pad(df, (0, vocab - len(df))) + np.bincount(term, minlength=vocab)
+                lengths.append(dl)
+                chunks += 1
+            n_docs = len(ids)
+            avg_dl = np.concatenate(lengths).mean() if lengths else 0.0
+            freqs = dict(enumerate(df.tolist()))
+            idf = scoring._build_idf_array(
+                freqs, n_docs, scoring._select_idf_scorer(index.idf_method), index.dtype
+            )
+            tfc = scoring._select_tfc_scorer(self.method)
+            if self.method in index.methods_requiring_nonoccurrence:
+                index.nonoccurrence_array = scoring._build_nonoccurrence_array(
+                    freqs, n_docs, scoring._select_idf_scorer(index.idf_method), tfc,
+                    avg_dl, avg_dl, self.k1, self.b, index.delta, index.dtype,
+                )  # fmt: skip
+            else:
+                index.nonoccurrence_array = None
+            indptr = np.concatenate([[0], np.cumsum(df)])  # int64: MS MARCO-sized matrices pass 2**31 entries
+            data = np.empty(int(indptr[-1]), dtype=index.dtype)
+            rows = np.empty(int(indptr[-1]), dtype=index.int_dtype)
+            fill = indptr[:-1].astype(np.int64)  # the next free slot of each term's column
+            for c in range(chunks):  # chunks in document order: each column's documents stay ascending
+                part = np.load(f"{spill}/{c}.npz")
+                term, doc = part["term"], part["doc"]
+                scores = idf[term] * tfc(
+                    tf_array=part["tf"], l_d=part["dl"], l_avg=avg_dl, k1=self.k1, b=self.b, delta=index.delta
+                )
+                if index.nonoccurrence_array is not None:
+                    scores -= index.nonoccurrence_array[term]
+                order = np.argsort(term, kind="stable")
+                term = term[order]
+                counts = np.bincount(term, minlength=len(df))
+                first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                slot = fill[term] + np.arange(len(term)) - first[term]
+                data[slot], rows[slot] = scores[order], doc[order]
+                fill += counts
+        index.scores = {"data": data, "indices": rows, "indptr": indptr, "num_docs": n_docs}
+        index.vocab_dict = dict(
+            self._tok.get_vocab_dict()
+        )  # a copy: queries must not grow the index's vocabulary
+        index.unique_token_ids_set = set(index.vocab_dict.values())
         return index, ids
 
     def query_tokens(self, queries: Sequence[Query]) -> list[list[str]]:
@@ -120,11 +172,27 @@ class BM25Retriever:
         tokens = self.query_tokens(queries)
         for q, toks in zip(queries, tokens, strict=True):
             if self.backend == "bm25s":
+                toks = [
+                    t for t in toks if t
+                ]  # bm25s's "" stands for "no term"; it would match empty documents
                 scores = self._index.get_scores(toks) if toks else np.zeros(len(self._ids))
             else:
                 scores = self._index.get_scores(toks)
             out[q.query_id] = top_k(self._ids, scores, k)
         return out
+
+
+def _chunks(docs, ids: list[str]):
+    """The documents' texts, ``_CHUNK`` at a time; their ids appended to ``ids`` as they go."""
+    texts: list[str] = []
+    for d in docs:
+        ids.append(d.doc_id)
+        texts.append(d.full_text)
+        if len(texts) == _CHUNK:
+            yield texts
+            texts = []
+    if texts:
+        yield texts
 
 
 def persisted(identity: str, build):

