@@ -277,10 +277,14 @@ def test_an_interrupted_dense_build_resumes_from_its_saved_chunks(tmp_path, monk
         r.index(ds)
     assert not list((tmp_path / "cache" / "dense").glob("*/ids.json"))  # nothing that looks complete
     calls.clear()
-    monkeypatch.setattr(r.encoder, "encode", lambda texts, progress=False: calls.append(len(texts)) or real(texts))
+    monkeypatch.setattr(
+        r.encoder, "encode", lambda texts, progress=False: calls.append(len(texts)) or real(texts)
+    )
     r.index(ds)
     n = len(r._ids)
-    assert calls == [4] * (n // 4 - 2) + ([n % 4] if n % 4 else [])  # the two saved chunks were not encoded again
+    assert calls == [4] * (n // 4 - 2) + (
+        [n % 4] if n % 4 else []
+    )  # the two saved chunks were not encoded again
     monkeypatch.setattr(r.encoder, "encode", real)
     fresh = dense.DenseRetriever(storage="fp32")
     shutil.rmtree(tmp_path / "cache" / "dense")
@@ -289,5 +293,7 @@ def test_an_interrupted_dense_build_resumes_from_its_saved_chunks(tmp_path, monk
     half = dense.DenseRetriever(storage="fp16")
     half.index(ds)
     assert half._emb.dtype == np.float16 and half.name.endswith("-fp16store")
-    assert half.identity(ds) != fresh.identity(ds) and len(list((tmp_path / "cache" / "dense").iterdir())) == 2
+    assert (
+        half.identity(ds) != fresh.identity(ds) and len(list((tmp_path / "cache" / "dense").iterdir())) == 2
+    )
     np.testing.assert_allclose(np.array(half._emb, dtype=np.float32), np.array(fresh._emb), atol=1e-3)
