@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-SIZES ?= 50000,250000,1000000
+BM25_SIZES ?= scifact=50000,250000,1000000;msmarco=50000,250000,1000000,4000000
+DENSE_SIZES ?= scifact=10000
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -44,8 +45,8 @@ lint: venv  ## ruff
 perf: venv  ## throughput benchmark: results/perf.md
 	$(PY) -m rerank_eval.perf
 
-scale: venv  ## BM25 jobs on synthetic corpora of 50k, 250k and 1M documents, cold and warm: results/scale.md
-	$(PY) benchmarks/scale.py --sizes $(SIZES)
+scale: venv  ## BM25 (50k-4M documents) and dense jobs on synthetic corpora, cold, warm, reranked: results/scale.md
+	$(PY) benchmarks/scale.py --bm25 '$(BM25_SIZES)' --dense '$(DENSE_SIZES)'
 
 sweep-cost: venv  ## a 16-job depth sweep against one job: results/sweep_cost.md
 	$(PY) benchmarks/sweep_cost.py

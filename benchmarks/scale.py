@@ -1,9 +1,10 @@
-"""How a BM25 job's cost grows with the corpus (`make scale`): synthetic corpora made from a shipped collection's
-documents with their words shuffled (its queries and qrels, its own documents first under their own ids), one
-cold job (a new cache: document store and BM25 index built) and one warm job (the same cache) per size, each its
-own process under /usr/bin/time. Writes results/scale.md.
+"""How a job's cost grows with the corpus (`make scale`): synthetic corpora made from a shipped collection's
+documents with their words shuffled (its queries and qrels, its own documents first under their own ids); per
+size a cold BM25 job (a new cache: document store and index built), a warm one (the same cache) and a small
+reranked job, and dense jobs cold and warm at the sizes a CPU can encode; each job its own process under
+/usr/bin/time. Writes results/scale.md.
 
-    python benchmarks/scale.py --sizes 50000,250000 [--source scifact] [--keep]
+    python benchmarks/scale.py --bm25 'scifact=50000,250000;msmarco=50000' --dense 'scifact=10000' [--keep]
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ def make_corpus(source: Path, out: Path, size: int, seed: int = 0) -> None:
     shutil.copytree(source / "qrels", out / "qrels", dirs_exist_ok=True)
 
 
-def run_job(folder: Path, cache: Path, work: Path, level: int) -> dict:
+CE_MODEL = ROOT.parent / "shared" / "models" / "scifact-minilm-l6-ce"
+
+
+def run_job(folder: Path, cache: Path, work: Path, level: int, extra: list[str] = ()) -> dict:
     out = work / f"job-{time.time_ns()}"
     cmd = [
         "/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "rerank_eval",
         "dataset=beir_dir", f"dataset.path={folder}", f"dataset.relevance_level={level}", "retriever=bm25",
         "reranker=none", "mlflow.enabled=false", "cache.enabled=false", "progress=false", f"hydra.run.dir={out}",
+        *extra,
     ]  # fmt: skip
     env = {**os.environ, "RERANK_EVAL_CACHE": str(cache), "RERANK_EVAL_NO_PROGRESS": "1"}
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
@@ -61,14 +66,24 @@ def run_job(folder: Path, cache: Path, work: Path, level: int) -> dict:
         raise SystemExit(f"scale: the job on {folder} failed:\n{proc.stderr[-2000:]}")
     wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
     m = json.loads((out / "metrics.json").read_text())
-    c, lat = m["counts"], m["latency"]
+    c = m["counts"]
     return {
         "wall_s": float(wall),
         "rss_gb": int(rss_kb) / 2**20,
         "index_s": c["index_s"],
-        "retrieval_s": lat["first_stage_ms_mean"] * c["queries"] / 1e3,
-        "ndcg@10": m["first_stage"]["ndcg@10"],
+        "retrieval_s": c["retrieval_s"],
+        "rerank_s": c.get("rerank_s", 0.0),
+        "pairs_s": c.get("rerank_pairs_per_s", 0.0),
+        "ndcg@10": m["metrics"]["ndcg@10"],
     }
+
+
+# the small reranked job on each corpus: a cross-encoder over BM25's top 10, several queries a call
+RERANKED = [
+    "reranker=cross_encoder", f"reranker.model={CE_MODEL}", "reranker.dtype=bf16", "reranker.batch_invariant=false",
+    "candidates=10", "top_k=10", "query_batch=16", "latency.probe=5",
+]  # fmt: skip
+DENSE = ["retriever=dense", "retriever.dtype=bf16", "retriever.batch_invariant=false"]
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -78,69 +93,131 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
 
 
+def plan(text: str) -> list[tuple[str, list[int]]]:
+    """``scifact=50000,250000;msmarco=50000`` as [(source, sizes)]."""
+    out = []
+    for part in filter(None, text.split(";")):
+        source, _, sizes = part.partition("=")
+        if source not in SOURCES or not sizes:
+            raise SystemExit(
+                f"scale: bad plan {part!r}; write source=size,size;... with sources {sorted(SOURCES)}"
+            )
+        out.append((source, [int(x) for x in sizes.split(",")]))
+    return out
+
+
+def bm25_section(source: str, sizes: list[int], args, work: Path) -> list[str]:
+    name, _, level = SOURCES[source]
+    rows = []
+    for size in sizes:
+        folder = work / f"{source}-{size}"
+        make_corpus(Path(args.data) / name, folder, size)
+        cache = work / f"cache-{source}-{size}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cold = run_job(folder, cache, work, level)
+        warm = run_job(folder, cache, work, level)
+        disk = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**30
+        ranked = run_job(folder, cache, work, level, RERANKED)
+        corpus_gb = (folder / "corpus.jsonl").stat().st_size / 2**30
+        rows.append((size, corpus_gb, cold, warm, disk, ranked))
+        print(f"scale: {source} {size:,}: cold {cold['wall_s']:.0f} s / {cold['rss_gb']:.2f} GB, warm "
+              f"{warm['wall_s']:.0f} s / {warm['rss_gb']:.2f} GB, reranked {ranked['wall_s']:.0f} s", flush=True)  # fmt: skip
+        if not args.keep:
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+    kind = "abstracts" if source == "scifact" else "passages (MS MARCO's lengths)"
+    lines = [
+        f"## BM25 on {name}-like {kind}",
+        "",
+        "| documents | corpus | cold wall | cold index | retrieval | cold peak RSS | warm wall | warm peak RSS "
+        "| warm/cold | store + index on disk | nDCG@10 | reranked job: wall | rerank | pairs/s | peak RSS "
+        "| nDCG@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, corpus_gb, cold, warm, disk, r in rows:
+        lines.append(
+            f"| {size:,} | {corpus_gb:.2f} GB | {cold['wall_s']:.1f} s | {cold['index_s']:.1f} s | "
+            f"{cold['retrieval_s']:.1f} s | {cold['rss_gb']:.2f} GB | {warm['wall_s']:.1f} s | "
+            f"{warm['rss_gb']:.2f} GB | {warm['wall_s'] / cold['wall_s']:.2f} | {disk:.2f} GB | "
+            f"{cold['ndcg@10']:.4f} | {r['wall_s']:.1f} s | {r['rerank_s']:.1f} s | {r['pairs_s']:,.0f} | "
+            f"{r['rss_gb']:.2f} GB | {r['ndcg@10']:.4f} |"
+        )
+    if len(rows) >= 2:
+        xs = [r[0] for r in rows]
+        e_time, e_mem = slope(xs, [r[2]["wall_s"] for r in rows]), slope(xs, [r[2]["rss_gb"] for r in rows])
+        big, last = 8_841_823, rows[-1][2]
+        lines += [
+            "",
+            f"Fitted growth of the cold job: time ~ n^{e_time:.2f}, peak memory ~ n^{e_mem:.2f}. Extrapolated from "
+            f"{xs[-1]:,} documents to MS MARCO passage's {big:,}: "
+            f"{last['wall_s'] * (big / xs[-1]) ** e_time / 60:.0f} min cold and "
+            f"{last['rss_gb'] * (big / xs[-1]) ** e_mem:.1f} GB peak (an extrapolation, not a measurement).",
+        ]
+    return lines + [""]
+
+
+def dense_section(source: str, sizes: list[int], args, work: Path) -> list[str]:
+    name, _, level = SOURCES[source]
+    lines = [
+        f"## Dense ({', '.join(DENSE[1:])}) on {name}-like documents",
+        "",
+        "| documents | cold wall | encoding | docs/s | cold peak RSS | warm wall | warm index | warm peak RSS | "
+        "vectors on disk | nDCG@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in sizes:
+        folder = work / f"{source}-{size}"
+        make_corpus(Path(args.data) / name, folder, size)
+        cache = work / f"dense-cache-{source}-{size}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cold = run_job(folder, cache, work, level, DENSE)
+        warm = run_job(folder, cache, work, level, DENSE)
+        disk = sum(p.stat().st_size for p in (cache / "dense").rglob("*") if p.is_file()) / 2**30
+        print(
+            f"scale: dense {source} {size:,}: cold {cold['wall_s']:.0f} s, warm {warm['wall_s']:.0f} s",
+            flush=True,
+        )
+        lines.append(
+            f"| {size:,} | {cold['wall_s']:.1f} s | {cold['index_s']:.1f} s | {size / cold['index_s']:,.0f} | "
+            f"{cold['rss_gb']:.2f} GB | {warm['wall_s']:.1f} s | {warm['index_s']:.1f} s | {warm['rss_gb']:.2f} GB | "
+            f"{disk:.3f} GB | {cold['ndcg@10']:.4f} |"
+        )
+        if not args.keep:
+            shutil.rmtree(cache, ignore_errors=True)
+    return lines + [""]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="50000,250000,1000000")
-    ap.add_argument("--source", choices=sorted(SOURCES), default="scifact")
+    ap.add_argument("--bm25", default="scifact=50000,250000,1000000;msmarco=50000,250000,1000000,4000000")
+    ap.add_argument("--dense", default="scifact=10000")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--work", default=str(ROOT / ".scale"))
     ap.add_argument("--out", default=str(ROOT / "results" / "scale.md"))
     ap.add_argument("--keep", action="store_true", help="keep the generated corpora and caches")
     args = ap.parse_args(argv)
-    name, _, level = SOURCES[args.source]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
-        folder = work / f"{args.source}-{size}"
-        make_corpus(Path(args.data) / name, folder, size)
-        cache = work / f"cache-{args.source}-{size}"
-        shutil.rmtree(cache, ignore_errors=True)
-        cold = run_job(folder, cache, work, level)
-        warm = run_job(folder, cache, work, level)
-        disk = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**30
-        corpus_gb = (folder / "corpus.jsonl").stat().st_size / 2**30
-        rows.append((size, corpus_gb, cold, warm, disk))
-        print(f"scale: {size:,} documents: cold {cold['wall_s']:.0f} s / {cold['rss_gb']:.2f} GB, "
-              f"warm {warm['wall_s']:.0f} s / {warm['rss_gb']:.2f} GB", flush=True)  # fmt: skip
-        if not args.keep:
-            shutil.rmtree(cache, ignore_errors=True)
-    sizes = [r[0] for r in rows]
     lines = [
-        "# How a BM25 job's cost grows with the corpus",
+        "# How a job's cost grows with the corpus",
         "",
-        f"Command: `python benchmarks/scale.py --sizes {args.sizes} --source {args.source}` "
-        f"(`make scale`), on this machine ({os.cpu_count()} cores). Corpora: {name}'s documents, then copies with "
-        "their words shuffled; its queries and qrels. Each job is its own process (`retriever=bm25 reranker=none "
-        "mlflow.enabled=false cache.enabled=false`): cold with a new `.cache/` (document store and BM25 index "
-        "built), warm with the same one (both opened, memory-mapped). Wall and peak RSS from /usr/bin/time; "
-        "index and retrieval seconds from the job's own metrics.json.",
+        f"Command: `python benchmarks/scale.py --bm25 '{args.bm25}' --dense '{args.dense}'` (`make scale`), on "
+        f"this machine ({os.cpu_count()} cores). Corpora: a shipped collection's documents, then copies with "
+        "their words shuffled; its queries and qrels. Each job is its own process (`mlflow.enabled=false "
+        "cache.enabled=false`): cold with a new `.cache/` (document store and index built), warm with the same "
+        "one (both opened, memory-mapped), then the reranked job on the warm cache (`"
+        + " ".join(RERANKED)
+        + "`; "
+        "its latency is probed, its rate is pairs scored over the reranking wall time). Wall and peak RSS from "
+        "/usr/bin/time; index, retrieval and rerank seconds from the job's own metrics.json.",
         "",
-        "| documents | corpus | cold wall | cold index | retrieval | cold peak RSS | warm wall | warm index "
-        "| warm peak RSS | warm/cold | store + index on disk | nDCG@10 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for size, corpus_gb, cold, warm, disk in rows:
-        lines.append(
-            f"| {size:,} | {corpus_gb:.2f} GB | {cold['wall_s']:.1f} s | {cold['index_s']:.1f} s | "
-            f"{cold['retrieval_s']:.1f} s | {cold['rss_gb']:.2f} GB | {warm['wall_s']:.1f} s | "
-            f"{warm['index_s']:.1f} s | {warm['rss_gb']:.2f} GB | {warm['wall_s'] / cold['wall_s']:.2f} | "
-            f"{disk:.2f} GB | {cold['ndcg@10']:.4f} |"
-        )
-    if len(rows) >= 2:
-        e_time = slope(sizes, [r[2]["wall_s"] for r in rows])
-        e_mem = slope(sizes, [r[2]["rss_gb"] for r in rows])
-        big = 8_841_823
-        at = lambda i: rows[-1][2][i] * (big / sizes[-1]) ** (e_time if i == "wall_s" else e_mem)  # noqa: E731
-        lines += [
-            "",
-            f"Fitted growth of the cold job against corpus size: time ~ n^{e_time:.2f}, peak memory ~ "
-            f"n^{e_mem:.2f}. Extrapolated from the largest size to MS MARCO passage ({big:,} passages): "
-            f"{at('wall_s') / 60:.0f} min cold and {at('rss_gb'):.1f} GB peak (an extrapolation, not a "
-            "measurement).",
-        ]
+    for source, sizes in plan(args.bm25):
+        lines += bm25_section(source, sizes, args, work)
+    for source, sizes in plan(args.dense):
+        lines += dense_section(source, sizes, args, work)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print(f"scale: wrote {args.out}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

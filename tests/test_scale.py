@@ -10,7 +10,7 @@ from conftest import TINY
 
 from rerank_eval.datasets import BeirDirDataset
 from rerank_eval.docstore import DocStore
-from rerank_eval.errors import DataError
+from rerank_eval.errors import ConfigError, DataError
 from rerank_eval.retrievers.bm25 import BM25Retriever
 from rerank_eval.types import Doc
 
@@ -297,3 +297,53 @@ def test_an_interrupted_dense_build_resumes_from_its_saved_chunks(tmp_path, monk
         half.identity(ds) != fresh.identity(ds) and len(list((tmp_path / "cache" / "dense").iterdir())) == 2
     )
     np.testing.assert_allclose(np.array(half._emb, dtype=np.float32), np.array(fresh._emb), atol=1e-3)
+
+
+def test_dense_encoding_in_shards_joins_into_the_one_pass_vectors(tmp_path, monkeypatch):
+    import rerank_eval.retrievers.dense as dense
+    from rerank_eval.shard import run_shard
+
+    ds = dense_corpus(tmp_path)
+    monkeypatch.setattr(dense, "ENCODE_CHUNK", 4)
+    r = dense.DenseRetriever()
+    saved = [run_shard(ds, r, "encode", i, 3, 10, tmp_path) for i in range(3)]
+    n_chunks = -(-len(list(ds.corpus())) // 4)
+    assert sum(saved) == n_chunks and min(saved) >= 1
+    real, calls = r.encoder.encode, []
+    monkeypatch.setattr(
+        r.encoder, "encode", lambda texts, progress=False: calls.append(len(texts)) or real(texts)
+    )
+    r.index(ds)
+    assert calls == []  # every chunk came from a shard: only joined
+    monkeypatch.setattr(r.encoder, "encode", real)
+    monkeypatch.setenv("RERANK_EVAL_CACHE", str(tmp_path / "other"))
+    one = dense.DenseRetriever()
+    one.index(ds)
+    np.testing.assert_array_equal(np.array(one._emb), np.array(r._emb))
+    assert one._ids == r._ids
+    with pytest.raises(ConfigError, match="builds its index in one process"):
+        run_shard(ds, BM25Retriever(), "encode", 0, 2, 10, tmp_path)
+
+
+def test_retrieval_in_shards_merges_into_the_run_one_pass_writes(scifact, tmp_path):
+    from rerank_eval.retrievers.run_file import RunFileRetriever
+    from rerank_eval.shard import run_shard, write_run
+
+    bm25 = BM25Retriever()
+    out = tmp_path / "shards"
+    run_shard(scifact, bm25, "retrieve", 0, 3, 20, out)
+    with pytest.raises(
+        DataError, match=r"shards \[1, 2\] of 3 have no run file .* in .*\(stage=retrieve shard=1 shards=3\)"
+    ):
+        run_shard(scifact, bm25, "merge", 0, 3, 20, out)
+    for i in (1, 2):
+        run_shard(scifact, bm25, "retrieve", i, 3, 20, out)
+    merged = run_shard(scifact, bm25, "merge", 0, 3, 20, out)
+    with pytest.raises(DataError, match=r"shards \[0, 1, 2\] of 3"):  # other settings: none of these shards
+        run_shard(scifact, bm25, "merge", 0, 3, 10, out)
+    one = bm25.retrieve(scifact.queries(), 20)
+    write_run(one, tmp_path / "one.trec", bm25.name)
+    assert merged.read_bytes() == (tmp_path / "one.trec").read_bytes()
+    replay = RunFileRetriever(path=str(merged))
+    replay.index(scifact)
+    assert replay.retrieve(scifact.queries(), 20) == one  # the same lists, the same fp32 scores

@@ -68,12 +68,15 @@ class DenseRetriever:
         store = "" if self.storage == "fp32" else "|store=fp16"
         return f"dense|{self.encoder.identity}|{self.query_prefix!r}|{self.doc_prefix!r}{store}"
 
-    def index(self, dataset: Dataset) -> None:
+    def _folder(self, dataset: Dataset) -> tuple[Path, str]:
         key = (
             f"{self.identity(dataset)}|corpus={dataset.corpus_fingerprint}"
             f"|code={scoring_code('engine', 'retrievers/dense')}"  # a code change encodes again
         )
-        folder = cache_root() / "dense" / hashlib.sha256(key.encode()).hexdigest()[:20]
+        return cache_root() / "dense" / hashlib.sha256(key.encode()).hexdigest()[:20], key
+
+    def index(self, dataset: Dataset) -> None:
+        folder, key = self._folder(dataset)
         for attempt in (1, 2):
             if not (folder / "ids.json").is_file():
                 self._build(dataset.corpus(), folder, key)
@@ -88,31 +91,20 @@ class DenseRetriever:
         if len(self._ids) != len(self._emb):
             raise DataError(f"{folder}: {len(self._ids)} ids for {len(self._emb)} vectors; delete the folder")
 
+    def encode_shard(self, dataset: Dataset, shard: int, shards: int) -> int:
+        """Encode shard ``shard`` of ``shards``: every ``shards``-th chunk of the corpus, saved where ``index``
+        looks for them, so that once every shard has run, ``index`` only joins them. Returns the chunks saved."""
+        folder, key = self._folder(dataset)
+        if (folder / "ids.json").is_file():
+            return 0
+        _, files = self._encode(dataset.corpus(), folder, key, lambda n: n % shards == shard)
+        return len(files)
+
     def _build(self, docs: Iterable[Doc], folder: Path, key: str) -> None:
         """Encode the corpus into ``folder`` (``emb.npy``, then ``ids.json``, which marks it complete): chunks are
         saved under ``<folder>.partial/`` as they finish and reused by a rerun, so a crash loses one chunk."""
-        partial = folder.with_name(folder.name + ".partial")
-        partial.mkdir(parents=True, exist_ok=True)
-        (partial / "identity.txt").write_text(key, encoding="utf-8")
-        ids: list[str] = []
-        files: list[Path] = []
+        ids, files = self._encode(docs, folder, key, lambda n: True)
         dtype = np.float16 if self.storage == "fp16" else np.float32
-        for n, chunk in enumerate(_chunked(docs, ENCODE_CHUNK)):
-            ids += [d.doc_id for d in chunk]
-            path = partial / f"{n:06d}.npy"
-            files.append(path)
-            try:
-                if len(np.load(path, mmap_mode="r")) == len(chunk):
-                    continue  # saved by an earlier, interrupted build
-            except (OSError, ValueError):
-                pass
-            emb = self.encoder.encode([self.doc_prefix + d.full_text for d in chunk], progress=False)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-            np.save(tmp, emb.astype(dtype))
-            os.replace(tmp, path)
-            log.info("%s: encoded %d documents", self.name, len(ids))
-        if not ids:
-            raise DataError("the corpus is empty: nothing to encode")
         dim = np.load(files[0], mmap_mode="r").shape[1]
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,7 +123,35 @@ class DenseRetriever:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, folder)
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(folder.with_name(folder.name + ".partial"), ignore_errors=True)
+
+    def _encode(self, docs: Iterable[Doc], folder: Path, key: str, mine) -> tuple[list[str], list[Path]]:
+        """The corpus's ids, and the chunk files of the chunks ``mine(n)`` selects, encoded unless saved before."""
+        partial = folder.with_name(folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "identity.txt").write_text(key, encoding="utf-8")
+        ids: list[str] = []
+        files: list[Path] = []
+        dtype = np.float16 if self.storage == "fp16" else np.float32
+        for n, chunk in enumerate(_chunked(docs, ENCODE_CHUNK)):
+            ids += [d.doc_id for d in chunk]
+            if not mine(n):
+                continue
+            path = partial / f"{n:06d}.npy"
+            files.append(path)
+            try:
+                if len(np.load(path, mmap_mode="r")) == len(chunk):
+                    continue  # saved by an earlier, interrupted build or by a shard
+            except (OSError, ValueError):
+                pass
+            emb = self.encoder.encode([self.doc_prefix + d.full_text for d in chunk], progress=False)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, emb.astype(dtype))
+            os.replace(tmp, path)
+            log.info("%s: encoded %d documents", self.name, len(ids))
+        if not ids:
+            raise DataError("the corpus is empty: nothing to encode")
+        return ids, files
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Ranking:
         if not self._ids:
