@@ -86,6 +86,30 @@ RERANKED = [
 DENSE = ["retriever=dense", "retriever.dtype=bf16", "retriever.batch_invariant=false"]
 
 
+def retrieval_rates(folder: Path, cache: Path, level: int, k: int = 100) -> tuple[float, float]:
+    """First-stage queries a second on the warm index, each query alone (as a job calls it, to time each
+    query) and all in one ``retrieve`` call (a thread a core: ``rerank-eval-shard stage=retrieve``), in this
+    process; the two must return the same lists."""
+    os.environ["RERANK_EVAL_CACHE"] = str(cache)
+    from rerank_eval.datasets import BeirDirDataset
+    from rerank_eval.retrievers.bm25 import BM25Retriever
+
+    ds = BeirDirDataset(folder, relevance_level=level)
+    r = BM25Retriever()
+    r.index(ds)
+    queries = ds.queries()
+    t = time.perf_counter()
+    alone = {q.query_id: r.retrieve([q], k)[q.query_id] for q in queries}
+    t_alone = time.perf_counter() - t
+    t = time.perf_counter()
+    together = r.retrieve(queries, k)
+    t_together = time.perf_counter() - t
+    if together != alone:
+        raise SystemExit(f"scale: {folder}: retrieving all queries at once changed the lists")
+    del r
+    return len(queries) / t_alone, len(queries) / t_together
+
+
 def slope(xs: list[float], ys: list[float]) -> float:
     """The least-squares exponent of y ~ x^e on a log-log scale."""
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
@@ -118,8 +142,9 @@ def bm25_section(source: str, sizes: list[int], args, work: Path) -> list[str]:
         warm = run_job(folder, cache, work, level)
         disk = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**30
         ranked = run_job(folder, cache, work, level, RERANKED)
+        batched = retrieval_rates(folder, cache, level)
         corpus_gb = (folder / "corpus.jsonl").stat().st_size / 2**30
-        rows.append((size, corpus_gb, cold, warm, disk, ranked))
+        rows.append((size, corpus_gb, cold, warm, disk, ranked, batched))
         print(f"scale: {source} {size:,}: cold {cold['wall_s']:.0f} s / {cold['rss_gb']:.2f} GB, warm "
               f"{warm['wall_s']:.0f} s / {warm['rss_gb']:.2f} GB, reranked {ranked['wall_s']:.0f} s", flush=True)  # fmt: skip
         if not args.keep:
@@ -131,16 +156,16 @@ def bm25_section(source: str, sizes: list[int], args, work: Path) -> list[str]:
         "",
         "| documents | corpus | cold wall | cold index | retrieval | cold peak RSS | warm wall | warm peak RSS "
         "| warm/cold | store + index on disk | nDCG@10 | reranked job: wall | rerank | pairs/s | peak RSS "
-        "| nDCG@10 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| nDCG@10 | queries/s: one a call | all in one call |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for size, corpus_gb, cold, warm, disk, r in rows:
+    for size, corpus_gb, cold, warm, disk, r, (alone, together) in rows:
         lines.append(
             f"| {size:,} | {corpus_gb:.2f} GB | {cold['wall_s']:.1f} s | {cold['index_s']:.1f} s | "
             f"{cold['retrieval_s']:.1f} s | {cold['rss_gb']:.2f} GB | {warm['wall_s']:.1f} s | "
             f"{warm['rss_gb']:.2f} GB | {warm['wall_s'] / cold['wall_s']:.2f} | {disk:.2f} GB | "
             f"{cold['ndcg@10']:.4f} | {r['wall_s']:.1f} s | {r['rerank_s']:.1f} s | {r['pairs_s']:,.0f} | "
-            f"{r['rss_gb']:.2f} GB | {r['ndcg@10']:.4f} |"
+            f"{r['rss_gb']:.2f} GB | {r['ndcg@10']:.4f} | {alone:,.0f} | {together:,.0f} |"
         )
     if len(rows) >= 2:
         xs = [r[0] for r in rows]
@@ -187,6 +212,14 @@ def dense_section(source: str, sizes: list[int], args, work: Path) -> list[str]:
     return lines + [""]
 
 
+def commit() -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True)
+    return (proc.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bm25", default="scifact=50000,250000,1000000;msmarco=50000,250000,1000000,4000000")
@@ -196,11 +229,14 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "scale.md"))
     ap.add_argument("--keep", action="store_true", help="keep the generated corpora and caches")
     args = ap.parse_args(argv)
+    from rerank_eval.provenance import code_version
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     lines = [
         "# How a job's cost grows with the corpus",
         "",
+        f"Code: rerank-eval {code_version()} (commit {commit()}). "
         f"Command: `python benchmarks/scale.py --bm25 '{args.bm25}' --dense '{args.dense}'` (`make scale`), on "
         f"this machine ({os.cpu_count()} cores). Corpora: a shipped collection's documents, then copies with "
         "their words shuffled; its queries and qrels. Each job is its own process (`mlflow.enabled=false "
@@ -209,7 +245,10 @@ def main(argv=None) -> None:
         + " ".join(RERANKED)
         + "`; "
         "its latency is probed, its rate is pairs scored over the reranking wall time). Wall and peak RSS from "
-        "/usr/bin/time; index, retrieval and rerank seconds from the job's own metrics.json.",
+        "/usr/bin/time; index, retrieval and rerank seconds from the job's own metrics.json. Queries/s: the warm "
+        "index's first stage over the collection's queries at depth 100 in this process, one query a call (as a "
+        "job calls it, timing each) and all in one call (a thread a core, as `rerank-eval-shard stage=retrieve` "
+        "calls it); the lists are checked equal.",
         "",
     ]
     for source, sizes in plan(args.bm25):

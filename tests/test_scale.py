@@ -347,3 +347,24 @@ def test_retrieval_in_shards_merges_into_the_run_one_pass_writes(scifact, tmp_pa
     replay = RunFileRetriever(path=str(merged))
     replay.index(scifact)
     assert replay.retrieve(scifact.queries(), 20) == one  # the same lists, the same fp32 scores
+
+
+def test_bm25_scores_many_queries_on_threads_with_the_lists_each_gets_alone(tmp_path, monkeypatch):
+    import threading
+
+    import rerank_eval.retrievers.bm25 as bm25
+    from rerank_eval.types import Query
+
+    ds = dense_corpus(tmp_path)  # every text three times: ties
+    r = BM25Retriever()
+    r.index(ds)
+    queries = [Query("a", "cats"), Query("b", "rain tomorrow"), Query("c", "the of and"), Query("d", "stock")]
+    alone = {q.query_id: r.retrieve([q], 7)[q.query_id] for q in queries}
+    threads, real = [], bm25.top_k
+    monkeypatch.setattr(bm25, "top_k", lambda *a: threads.append(threading.get_ident()) or real(*a))
+    monkeypatch.setattr(bm25.os, "cpu_count", lambda: 4)
+    assert r.retrieve(queries, 7) == alone
+    assert len(threads) == 4 and threading.get_ident() not in threads  # scored on the pool
+    ids = [d.doc_id for d in alone["a"]]
+    assert ids.index("d1") < ids.index("d1-1") < ids.index("d1-2")  # ties in corpus order
+    assert [d.score for d in alone["c"]] == [0.0] * 7  # only stop words: nothing matches
