@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BM25_SIZES ?= scifact=50000,250000,1000000;msmarco=50000,250000,1000000,4000000
-DENSE_SIZES ?= scifact=10000
+DENSE_SIZES ?= scifact=10000,50000
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,cohere,anthropic,openai,voyage,mixedbread,submitit]"
+	$(PY) -m pip install -q -e ".[dev,cohere,anthropic,openai,voyage,mixedbread,submitit,faiss]"
 	touch $@
 
 venv: $(VENV)/.installed  ## create .venv and install the project (CPU torch by default: TORCH_SPEC=torch for CUDA)

@@ -134,3 +134,31 @@ def test_a_new_store_clears_what_killed_creations_left(tmp_path):
     _create_sqlite_store(f"sqlite:///{tmp_path / 'mlruns.db'}")
     assert (tmp_path / "mlruns.db").is_file()
     assert not left.exists() and busy.exists()
+
+
+def test_shards_run_as_a_joblib_multirun_and_merge_into_one_run_file(tmp_path):
+    from pathlib import Path
+
+    out = tmp_path / "shards"
+    args = [*TINY_DS, "retriever=bm25", "candidates=5", f"out={out}"]
+    cli(
+        tmp_path,
+        "-m",
+        *args,
+        "stage=retrieve",
+        "shard=0,1",
+        "shards=2",
+        "hydra/launcher=joblib",
+        module="rerank_eval.shard",
+    )
+    parts = sorted(out.glob("*-of-2.trec"))
+    assert [p.name.split(".")[-2] for p in parts] == ["0-of-2", "1-of-2"]
+    merged = cli(tmp_path, *args, "stage=merge", "shards=2", module="rerank_eval.shard")
+    path = Path(merged.stdout.strip().split("wrote ")[-1])
+    lines = path.read_text().splitlines()
+    qids = ["q1", "q2"]  # the judged queries (q3 has no judgements)
+    assert sorted({x.split()[0] for x in lines}) == sorted(qids)
+    assert sorted(lines) == sorted(x for p in parts for x in p.read_text().splitlines())
+    missing = cli(tmp_path, *args, "stage=merge", "shards=3", module="rerank_eval.shard", check=False)
+    assert missing.returncode != 0 and "(stage=retrieve shard=0 shards=3)" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

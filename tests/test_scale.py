@@ -368,3 +368,38 @@ def test_bm25_scores_many_queries_on_threads_with_the_lists_each_gets_alone(tmp_
     ids = [d.doc_id for d in alone["a"]]
     assert ids.index("d1") < ids.index("d1-1") < ids.index("d1-2")  # ties in corpus order
     assert [d.score for d in alone["c"]] == [0.0] * 7  # only stop words: nothing matches
+
+
+def test_hnsw_search_is_named_built_once_and_scores_its_candidates_exactly(tmp_path, monkeypatch):
+    import sys
+
+    import faiss
+
+    import rerank_eval.retrievers.dense as dense
+    from rerank_eval.types import Query
+
+    ds = dense_corpus(tmp_path)
+    exact = dense.DenseRetriever()
+    exact.index(ds)
+    approx = dense.DenseRetriever(search="hnsw", hnsw_m=4, ef_search=64)
+    approx.index(ds)
+    assert approx.name.endswith("-hnsw4-efc200-ef64") and "hnsw=(4, 200, 64)" in approx.identity(ds)
+    assert exact.identity(ds) == approx._vectors()  # the same saved vectors, one folder
+    (folder,) = (tmp_path / "cache" / "dense").iterdir()
+    assert [p.name for p in folder.glob("*.faiss")] == ["hnsw-m4-efc200.faiss"]
+    queries = [Query("a", "cats"), Query("b", "will it rain tomorrow"), Query("c", "stock market")]
+    want, got = exact.retrieve(queries, 7), approx.retrieve(queries, 7)
+    for q in want:  # a tiny corpus: the graph finds every neighbour; scores the exact inner products
+        assert [d.doc_id for d in got[q]] == [d.doc_id for d in want[q]]
+        np.testing.assert_allclose([d.score for d in got[q]], [d.score for d in want[q]], rtol=1e-6)
+    ids = [d.doc_id for d in got["a"]]
+    assert ids.index("d1") < ids.index("d1-1") < ids.index("d1-2")  # ties in corpus order
+    monkeypatch.setattr(faiss, "IndexHNSWFlat", None)  # a second job reads the saved graph
+    again = dense.DenseRetriever(search="hnsw", hnsw_m=4, ef_search=64)
+    again.index(ds)
+    assert again.retrieve(queries, 7) == got
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ConfigError, match=r"needs FAISS: pip install faiss-cpu .* or use search=exact"):
+        dense.DenseRetriever(search="hnsw")
+    with pytest.raises(ConfigError, match="retriever.search must be exact or hnsw"):
+        dense.DenseRetriever(search="ivf")

