@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RerankEvalError
+from .errors import ConfigError, RerankEvalError, check_whole
 
 CONF_MODULE = (
     "rerank_eval.conf"  # the shipped configs, package data: Hydra reads them as pkg://rerank_eval.conf
@@ -172,8 +172,7 @@ def run_from_config(cfg: Any, output_dir: str | Path, tracker=None, parent_run_i
 
 def _count(plain: dict, section: str, key: str, default: int) -> int:
     value = (plain.get(section) or {}).get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{section}.{key} must be a whole number >= 0, got {value!r}")
+    check_whole(f"{section}.{key}", value, 0)
     return value
 
 

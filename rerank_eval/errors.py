@@ -17,5 +17,11 @@ class BackendUnavailableError(RerankEvalError):
     """An optional package, model or API key is missing."""
 
 
+def check_whole(name: str, value, least: int) -> None:
+    """Raises ConfigError unless ``value`` is a whole number (not a bool) of at least ``least``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
+
+
 class OutputError(RerankEvalError):
     """A result file or store cannot be written (a full disk, a read-only folder, an unreachable server)."""

@@ -64,15 +64,18 @@ REPORT_KEYS = ("report",)  # what a sweep's report concludes: no job result depe
 _CANDIDATE_RUNS: dict[str, tuple[str, PipelineResult]] = {}
 
 
-def write_trec(ranking: Ranking, path: Path, tag: str) -> None:
+def write_trec(ranking: Ranking, path: Path, tag: str, raw_scores: bool = False) -> None:
     """Write a TREC run file atomically, with scores that strictly decrease in rank order (``n - rank + 1``), so
     that trec_eval, ir_measures and ranx, which re-sort by score and break ties their own way, read exactly the
-    order the harness evaluated. The raw scores go beside it (``write_scores``)."""
+    order the harness evaluated. The raw scores go beside it (``write_scores``). ``raw_scores``: the ranking's
+    own scores instead (``%.9g``: fp32 reads back exactly), for a first stage that ``retriever=run`` replays
+    (it orders ties by the rank column)."""
     with atomic_writer(path) as f:
         for q in sorted(ranking):
             n = len(ranking[q])
             for rank, d in enumerate(ranking[q], 1):
-                f.write(f"{q} Q0 {d.doc_id} {rank} {n - rank + 1} {tag}\n")
+                score = f"{d.score:.9g}" if raw_scores else n - rank + 1
+                f.write(f"{q} Q0 {d.doc_id} {rank} {score} {tag}\n")
 
 
 def write_scores(ranking: Ranking, path: Path) -> None:

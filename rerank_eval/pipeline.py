@@ -16,7 +16,7 @@ import numpy as np
 
 from .cache import ScoreCache, text_key
 from .datasets import Dataset
-from .errors import ConfigError, DataError, RerankEvalError
+from .errors import ConfigError, DataError, RerankEvalError, check_whole
 from .ranking import top_k as cut
 from .rerankers import Reranker
 from .rerankers.api import RerankerCallError
@@ -105,8 +105,7 @@ def run_pipeline(
         PipelineResult with the three rankings, per-query latencies and cache counts.
     """
     check_depths(candidates, top_k)
-    if not isinstance(query_batch, int) or isinstance(query_batch, bool) or query_batch < 1:
-        raise ConfigError(f"rerank.query_batch must be a whole number >= 1, got {query_batch!r}")
+    check_whole("rerank.query_batch", query_batch, 1)
     if on_failure not in ("fail", "zero"):
         raise ConfigError(f"on_failure must be fail or zero, got {on_failure!r}")
     queries = list(queries if queries is not None else dataset.queries())

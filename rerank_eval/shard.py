@@ -15,9 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, check_whole
 from .files import atomic_writer
-from .types import Ranking
 
 
 def run_name(dataset, retriever, candidates: int) -> str:
@@ -37,21 +36,12 @@ def shard_file(out: Path, name: str, shard: int, shards: int) -> Path:
     return out / f"{name}.{shard}-of-{shards}.trec"
 
 
-def write_run(ranking: Ranking, path: Path, tag: str) -> None:
-    """A TREC run with the first stage's own scores (``%.9g``: fp32 reads back exactly), queries sorted."""
-    with atomic_writer(path) as f:
-        for q in sorted(ranking):
-            for rank, d in enumerate(ranking[q], 1):
-                f.write(f"{q} Q0 {d.doc_id} {rank} {d.score:.9g} {tag}\n")
-
-
 def run_shard(
     dataset, retriever, stage: str, shard: int, shards: int, candidates: int, out: Path
 ) -> Path | int:
     """One shard's work (see the module docstring); returns the file written, or the chunks encoded."""
-    for name, v in (("shards", shards), ("candidates", candidates)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
+    check_whole("shards", shards, 1)
+    check_whole("candidates", candidates, 1)
     if stage != "merge" and (not isinstance(shard, int) or not 0 <= shard < shards):
         raise ConfigError(f"shard must be a whole number in [0, {shards}), got {shard!r}")
     if stage == "encode":
@@ -66,7 +56,10 @@ def run_shard(
         retriever.index(dataset)
         path = shard_file(out, run_name(dataset, retriever, candidates), shard, shards)
         out.mkdir(parents=True, exist_ok=True)
-        write_run(retriever.retrieve(queries, candidates) if queries else {}, path, retriever.name)
+        from .experiment import write_trec
+
+        ranking = retriever.retrieve(queries, candidates) if queries else {}
+        write_trec(ranking, path, retriever.name, raw_scores=True)
         return path
     if stage == "merge":
         name = run_name(dataset, retriever, candidates)

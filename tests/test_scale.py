@@ -326,8 +326,9 @@ def test_dense_encoding_in_shards_joins_into_the_one_pass_vectors(tmp_path, monk
 
 
 def test_retrieval_in_shards_merges_into_the_run_one_pass_writes(scifact, tmp_path):
+    from rerank_eval.experiment import write_trec
     from rerank_eval.retrievers.run_file import RunFileRetriever
-    from rerank_eval.shard import run_shard, write_run
+    from rerank_eval.shard import run_shard
 
     bm25 = BM25Retriever()
     out = tmp_path / "shards"
@@ -342,7 +343,7 @@ def test_retrieval_in_shards_merges_into_the_run_one_pass_writes(scifact, tmp_pa
     with pytest.raises(DataError, match=r"shards \[0, 1, 2\] of 3"):  # other settings: none of these shards
         run_shard(scifact, bm25, "merge", 0, 3, 10, out)
     one = bm25.retrieve(scifact.queries(), 20)
-    write_run(one, tmp_path / "one.trec", bm25.name)
+    write_trec(one, tmp_path / "one.trec", bm25.name, raw_scores=True)
     assert merged.read_bytes() == (tmp_path / "one.trec").read_bytes()
     replay = RunFileRetriever(path=str(merged))
     replay.index(scifact)
@@ -386,7 +387,7 @@ def test_hnsw_search_is_named_built_once_and_scores_its_candidates_exactly(tmp_p
     assert approx.name.endswith("-hnsw4-efc200-ef64") and "hnsw=(4, 200, 64)" in approx.identity(ds)
     assert exact.identity(ds) == approx._vectors()  # the same saved vectors, one folder
     (folder,) = (tmp_path / "cache" / "dense").iterdir()
-    assert [p.name for p in folder.glob("*.faiss")] == ["hnsw-m4-efc200.faiss"]
+    assert [p.name for p in folder.glob("*.faiss")] == [f"hnsw-m4-efc200-faiss{faiss.__version__}.faiss"]
     queries = [Query("a", "cats"), Query("b", "will it rain tomorrow"), Query("c", "stock market")]
     want, got = exact.retrieve(queries, 7), approx.retrieve(queries, 7)
     for q in want:  # a tiny corpus: the graph finds every neighbour; scores the exact inner products

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..datasets import Dataset
 from ..engine import MINILM_ID, shared_bi_encoder
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_whole
 from ..paths import cache_root
 from ..provenance import scoring_code
 from ..ranking import top_k
@@ -75,8 +75,7 @@ class DenseRetriever:
                 ("ef_construction", ef_construction),
                 ("ef_search", ef_search),
             ):
-                if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-                    raise ConfigError(f"retriever.{name} must be a whole number >= 2, got {v!r}")
+                check_whole(f"retriever.{name}", v, 2)
             try:
                 import faiss  # noqa: F401
             except ImportError:
@@ -90,6 +89,7 @@ class DenseRetriever:
         if search == "hnsw":
             self.name += f"-hnsw{hnsw_m}-efc{ef_construction}-ef{ef_search}"
         self._ids: list[str] = []
+        self._hnsw = None
 
     full_corpus = True
 
@@ -101,9 +101,9 @@ class DenseRetriever:
     def identity(self, dataset: Dataset) -> str:
         if self.search == "exact":
             return self._vectors()
-        from importlib.metadata import version
+        import faiss  # faiss-cpu or faiss-gpu: the module knows its version, either distribution
 
-        return f"{self._vectors()}|hnsw={self.hnsw}|faiss={version('faiss-cpu')}"
+        return f"{self._vectors()}|hnsw={self.hnsw}|faiss={faiss.__version__}"
 
     def _folder(self, dataset: Dataset) -> tuple[Path, str]:
         key = (
@@ -134,7 +134,9 @@ class DenseRetriever:
         import faiss
 
         m, ef_construction, _ = self.hnsw
-        path = folder / f"hnsw-m{m}-efc{ef_construction}.faiss"
+        path = (
+            folder / f"hnsw-m{m}-efc{ef_construction}-faiss{faiss.__version__}.faiss"
+        )  # a new FAISS: rebuilt
         if path.is_file():
             try:
                 index = faiss.read_index(str(path))
