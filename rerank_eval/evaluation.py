@@ -89,11 +89,12 @@ def without_relevant(qrels: Qrels, relevance_level: int = 1) -> list[str]:
 
 def context_tokens(final: Ranking, docs: dict, tokenizer) -> float:
     """Mean tokens per query that the final lists' documents (title + text) would put into a prompt."""
-    per_query = []
-    for hits in final.values():
-        texts = [docs[d.doc_id].full_text for d in hits]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        per_query.append(sum(len(i) for i in ids))
+    from .lengths import count_tokens
+
+    per_query = [
+        int(count_tokens(tokenizer, [docs[d.doc_id].full_text for d in hits]).sum())
+        for hits in final.values()
+    ]
     return float(np.mean(per_query)) if per_query else 0.0
 
 

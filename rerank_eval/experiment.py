@@ -477,12 +477,24 @@ def _ids(ranking: Ranking) -> dict[str, list[str]]:
 
 @functools.cache
 def _tokenizer(name: str):
-    from transformers import AutoTokenizer
-
+    """The context tokenizer. A model folder's ``tokenizer.json`` loads with ``tokenizers`` alone: no torch or
+    transformers import, so a job without a local model starts seconds sooner, and it counts as transformers'
+    tokenizer does (tests/test_trust.py). Other names go through ``AutoTokenizer``."""
     from .engine import load_error, resolve_model
 
+    resolved = resolve_model(name)
+    path = Path(resolved) / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+        tok.no_truncation()  # it only counts tokens: the whole document, unpadded
+        tok.no_padding()
+        return tok
+    from transformers import AutoTokenizer
+
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_model(name))
+        tok = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise load_error(name, e) from e
     tok.model_max_length = 1 << 40  # it only counts tokens: no model-length warning for long documents

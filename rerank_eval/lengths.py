@@ -22,8 +22,15 @@ class Lengths:
     sent: int  # every token the model was given for these pairs (query, document and special tokens)
 
 
-def _count(tokenizer, texts: list[str]) -> np.ndarray:
-    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+def count_tokens(tokenizer, texts: list[str]) -> np.ndarray:
+    """Tokens in each text, no special tokens: ``tokenizer`` is a transformers tokenizer or a bare
+    ``tokenizers.Tokenizer`` (the context tokenizer, ``experiment._tokenizer``)."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    if hasattr(tokenizer, "encode_batch"):
+        ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    else:
+        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(texts))
 
 
@@ -51,14 +58,14 @@ def candidate_lengths(
     if tok is None:
         n = {d: 0 for d in ids}
     else:
-        n = dict(zip(ids, _count(tok, [docs[d].full_text for d in ids]).tolist(), strict=True))
+        n = dict(zip(ids, count_tokens(tok, [docs[d].full_text for d in ids]).tolist(), strict=True))
     out = {}
     for q, hits in ranking.items():
         full = np.fromiter((n[h.doc_id] for h in hits), dtype=np.int64, count=len(hits))
         if found is None:
             out[q] = Lengths(full, full, 0)
             continue
-        ql = int(_count(tok, [queries[q]])[0])
+        ql = int(count_tokens(tok, [queries[q]])[0])
         special = tok.num_special_tokens_to_add(pair=pair)
         if max_length is None:
             out[q] = Lengths(full, full, int(full.sum() + len(hits) * (ql + special)))

@@ -2,10 +2,13 @@
 ingredient of a figure is fingerprinted, run files re-score to the reported figures under an independent
 evaluator, a pair's score does not depend on its batch, and the judgements' limits are stated."""
 
+import itertools
 import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import ir_measures
@@ -143,6 +146,49 @@ def test_the_final_list_is_evaluated_at_top_k_and_top_k_siblings_share_one_compa
     )
     assert two.counts["context_tokens"] == pytest.approx(want)
     assert a["origin"]["context_tokenizer"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_the_context_tokenizer_counts_as_transformers_does_on_real_collections(scifact, dl19):
+    # loaded from tokenizer.json alone (no torch import); 2,000 documents of each of two real collections, plus
+    # Unicode and a long run of one letter, counted as transformers' own tokenizer of the same model counts them
+    from transformers import AutoTokenizer
+
+    from rerank_eval.engine import resolve_model
+    from rerank_eval.experiment import _tokenizer
+    from rerank_eval.lengths import count_tokens
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    texts = [d.full_text for ds in (scifact, dl19) for d in itertools.islice(ds.corpus(), 2000)]
+    texts += ["", "café naïve 東京 \u200b x", "a" * 5000]
+    hf = AutoTokenizer.from_pretrained(resolve_model(name))
+    hf.model_max_length = 1 << 40
+    ours = count_tokens(_tokenizer(name), texts)
+    assert type(_tokenizer(name)).__module__.startswith("tokenizers")
+    assert ours.tolist() == count_tokens(hf, texts).tolist()
+    assert ours.sum() > 10 * len(texts)  # counted, not empty
+
+
+def test_a_job_without_a_local_model_never_imports_torch(tmp_path):
+    # torch and transformers cost a BM25 job seconds of start-up (a warm job of make scale is mostly start-up)
+    args = [
+        "dataset=beir_dir",
+        f"dataset.path={TINY}",
+        "retriever=bm25",
+        "reranker=none",
+        "mlflow.enabled=false",
+    ]
+    code = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers')"
+        " if m in sys.modules)))\n"
+        f"sys.argv = ['rerank-eval', *{args!r}, 'progress=false', 'hydra.run.dir={tmp_path}']\n"
+        "runpy.run_module('rerank_eval', run_name='__main__')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "metrics.json").read_text())["counts"]["context_tokens"] > 0
 
 
 def test_holm_counts_each_distinct_comparison_once():
