@@ -88,13 +88,13 @@ def without_relevant(qrels: Qrels, relevance_level: int = 1) -> list[str]:
 
 
 def context_tokens(final: Ranking, docs: dict, tokenizer) -> float:
-    """Mean tokens per query that the final lists' documents (title + text) would put into a prompt."""
+    """Mean tokens per query that the final lists' documents (title + text) would put into a prompt; each
+    distinct document is tokenized once."""
     from .lengths import count_tokens
 
-    per_query = [
-        int(count_tokens(tokenizer, [docs[d.doc_id].full_text for d in hits]).sum())
-        for hits in final.values()
-    ]
+    ids = sorted({d.doc_id for hits in final.values() for d in hits})
+    n = dict(zip(ids, count_tokens(tokenizer, [docs[d].full_text for d in ids]).tolist(), strict=True))
+    per_query = [sum(n[d.doc_id] for d in hits) for hits in final.values()]
     return float(np.mean(per_query)) if per_query else 0.0
 
 
