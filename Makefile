@@ -1,27 +1,51 @@
 # rerank-eval. `make` alone prints this help.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.13.0
+LOCK ?= requirements.lock
+UV_SPEC ?= uv==0.13.9
+LOCK_BEFORE ?= $(shell date -u -d "3 days ago" +%Y-%m-%dT00:00:00Z)
+EXTRAS := dev,cohere,anthropic,openai,voyage,mixedbread,submitit,faiss
 BM25_SIZES ?= scifact=50000,250000,1000000;msmarco=50000,250000,1000000,4000000
 DENSE_SIZES ?= scifact=10000,50000
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv bench test test-all chromium reliability lint perf scale sweep-cost report screenshot ui clean
+.PHONY: help venv lock test-latest bench test test-all chromium reliability lint perf scale sweep-cost report screenshot ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,cohere,anthropic,openai,voyage,mixedbread,submitit,faiss]"
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv and install the project (CPU torch by default: TORCH_SPEC=torch for CUDA)
+venv: $(VENV)/.installed  ## create .venv with exactly the versions in requirements.lock (CPU torch; see README for CUDA)
+
+lock:  ## refresh requirements.lock: the newest versions pyproject.toml's bounds allow, with hashes
+	$(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install -q "$(UV_SPEC)"
+	.venv-tools/bin/uv pip compile pyproject.toml --all-extras --override requirements-torch-cpu.txt \
+	  --find-links /opt/wheels --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --exclude-newer $(LOCK_BEFORE) --no-header -o $(LOCK).tmp -q
+	{ sed -n '1,/^# lock: /p' $(LOCK) | grep -v '^# lock: '; echo '# lock: releases uploaded before $(LOCK_BEFORE)'; echo; cat $(LOCK).tmp; } > $(LOCK).new && rm $(LOCK).tmp && mv $(LOCK).new $(LOCK)
+
+.venv-latest/.installed: pyproject.toml
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install -q -r requirements-torch-cpu.txt
+	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	touch $@
+
+test-latest: .venv-latest/.installed  ## the suite on the newest versions the bounds allow (.venv-latest), not the lock
+	.venv-latest/bin/pip freeze --exclude-editable > .venv-latest/freeze.txt
+	@diff <(grep -E '^[a-z0-9]' $(LOCK) | sed 's/ .*//') .venv-latest/freeze.txt | grep '^>' || echo "same versions as the lock"
+	.venv-latest/bin/python -m pytest -q
 
 bench: venv  ## the standard offline study (conf/experiment/bench.yaml): MLflow runs, results/bench.md, .png, bench-report/
 	$(VENV)/bin/rerank-eval -m +experiment=bench

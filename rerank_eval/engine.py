@@ -3,10 +3,13 @@ past BERT's Unicode clean-up), pairs built from ids, BERT-family models run pack
 sequences' tokens: no compute on padding, attention within each sequence, flash-attention over variable lengths on
 a GPU), batches under a token budget, fp32 by default (bf16 or fp16 on request), fp32 scores out.
 
-Scores equal ``sentence_transformers.CrossEncoder.predict`` on the same pairs (within 1e-5 in fp32): pairs use the
-model's own special tokens and the tokenizer's longest-first truncation rule, and ``CrossEncoderEngine`` checks
-its pair building against the tokenizer on probe pairs when it loads (a model whose tokenizer it cannot reproduce
-is refused). ``BiEncoder`` vectors equal ``SentenceTransformer.encode`` the same way.
+Scores equal ``sentence_transformers.CrossEncoder.predict`` on the same pairs (within 1e-5 in fp32). The tokenizer
+owns pair building: its Rust backend's pair encoding with ``longest_first`` truncation, as ``predict`` uses it. The
+per-text token store (each text tokenized once, pairs built from ids) is a fast path taken only when it equals that
+encoding on probe pairs covering every truncation branch under the installed tokenizers version
+(``tokenization="cached"``); otherwise every pair goes through the tokenizer (``"library"``), never a refusal. The
+packed BERT runtime is checked against the model's own forward on probe pairs when it loads. ``BiEncoder`` vectors
+equal ``SentenceTransformer.encode`` the same way.
 
 Batch invariance: with ``batch_invariant=True`` (the default) every pair or text runs as its own forward, so its
 score is bitwise the same whatever it was scored with (matrix products on a CPU give results that depend, by
@@ -19,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import os
 import re
 import threading
@@ -28,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, ConfigError
-from .provenance import model_identity
+from .provenance import environment, model_identity
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+log = logging.getLogger("rerank_eval")
 
 
 def resolve_model(name: str) -> str:
@@ -207,10 +212,12 @@ class CrossEncoderEngine:
         self.batch_invariant = bool(batch_invariant)
         self.activation = activation
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self._has_types = "token_type_ids" in self.tokenizer.model_input_names
         self._template = self._pair_template()
         self._store = _TokenStore()
         self._fast = _plain_fast_tokenizer(self.tokenizer)
         self._fast_ascii = _ascii_tokenizer(self._fast)
+        self._pair_tokenizer = _pair_tokenizer(self.tokenizer, self.max_length)
         self.chunk_pairs = int(chunk_pairs)
         self.prep_workers = int(prep_workers or (4 if cuda else 1))
         self._torch = torch
@@ -224,7 +231,9 @@ class CrossEncoderEngine:
         self._forward = self._forward_packed if self.packed else self._forward_padded
         if compile:
             self._forward = torch.compile(self._forward, dynamic=True)
-        self._check_pairs()
+        self.tokenization = self._choose_tokenization()
+        if self.packed:
+            self._check_packed()
 
     # -- pair construction -------------------------------------------------------------------------------------
     def _pair_template(self):
@@ -248,33 +257,49 @@ class CrossEncoderEngine:
             "has_types": types is not None,
         }
 
-    def _check_pairs(self) -> None:
-        """Pack probe pairs (short; a long document; both texts past ``max_length``; non-ASCII) and compare them
-        with the tokenizer's own encoding of the same pairs (longest-first truncation); refuse the model if any
-        differs, rather than score it approximately."""
+    def _choose_tokenization(self) -> str:
+        """``cached`` when pairs built from the per-text token store equal the tokenizer's own pair encoding on
+        probe pairs covering every branch of longest-first truncation (either text longer, equal lengths, one or
+        both past ``max_length``, odd and even room, non-ASCII), as this tokenizers version cuts them; else
+        ``library``: every pair goes through the tokenizer's pair encoding (slower, never refused)."""
+        if self._pair_tokenizer is None:
+            return "library"
         if self._template is None:
-            return
-        long_q = " ".join(f"query{i} word" for i in range(self.max_length))
-        long_d = " ".join(f"passage {i}" for i in range(self.max_length))
-        probes = [
-            ("what is a cat", "a cat is a small animal"),
-            ("short query", long_d),
-            (long_q, long_d),
-            (long_q + " extra words here", long_d[: len(long_d) // 2]),
-            ("Café naïve 東京?", "Résumé — ünïcödé\ttext"),
-        ]
-        ids, types, cu = self.pack(probes)
-        for i, (a, b) in enumerate(probes):
-            enc = self.tokenizer(a, b, truncation="longest_first", max_length=self.max_length)
-            got = ids[cu[i] : cu[i + 1]].tolist()
-            if got != list(enc["input_ids"]) or (
-                "token_type_ids" in enc and types[cu[i] : cu[i + 1]].tolist() != list(enc["token_type_ids"])
-            ):
-                raise BackendUnavailableError(
-                    f"{self.name}: the engine's pair encoding differs from the tokenizer's on a probe pair; this "
-                    "tokenizer is not supported (please report it)"
-                )
+            return "library"
+        probes = _truncation_probes(self.max_length)
+        fast, _, cu = self._pack_cached(probes)
+        want = self._pack_library(probes)
         self._store.clear()
+        if np.array_equal(fast, want[0]) and np.array_equal(cu, want[2]):
+            return "cached"
+        log.warning(
+            "%s: the token cache's pair building differs from this tokenizers version's own pair encoding on a "
+            "probe pair; every pair goes through the tokenizer (slower, same scores as predict)",
+            self.name,
+        )
+        return "library"
+
+    def _check_packed(self) -> None:
+        """Refuse a model whose packed runtime does not give its own forward's scores on a few probe pairs."""
+        torch = self._torch
+        ids, types, cu = self.pack(_truncation_probes(self.max_length)[:6])
+        self._store.clear()
+        lengths = np.diff(cu)
+        cu, row, pos = _layout(lengths)
+        width = int(lengths.max())
+        padded = _pad(ids, types, row, pos, width, self.pad_id, self._has_types)
+        with torch.inference_mode():
+            dev = functools.partial(_to_device, torch, device=self.device)
+            packed = self._forward_packed(dev(np.stack([ids, types, row, pos])), dev(cu), width)
+            own = self._forward_padded(**{k: dev(v) for k, v in padded.items()})
+        packed, own = packed.float().cpu().numpy(), own.float().cpu().numpy()
+        worst = float(np.abs(packed - own).max())
+        tol = (1e-4 if self.dtype == torch.float32 else 5e-2) * max(1.0, float(np.abs(own).max()))
+        if not worst <= tol:
+            raise BackendUnavailableError(
+                f"{self.name}: the packed runtime's scores differ from the model's own forward by {worst:.3g} on "
+                "probe pairs; pass reranker.packed=false"
+            )
 
     def _token_ids(self, texts: Sequence[str]) -> None:
         """Tokenize the texts not seen before, in batched calls (the Rust tokenizer directly when there is one;
@@ -287,7 +312,33 @@ class CrossEncoderEngine:
 
     def pack(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Input ids, token type ids and offsets (``cu[i]:cu[i+1]`` is pair i) of the pairs packed into one row,
-        exactly as the tokenizer would encode each pair (special tokens, longest-first truncation)."""
+        exactly as the tokenizer encodes each pair (special tokens, longest-first truncation)."""
+        if self.tokenization == "cached":
+            return self._pack_cached(pairs)
+        return self._pack_library(pairs)
+
+    def kept_tokens(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Document tokens of each pair that the model sees (after truncation), and each pair's whole length with
+        special tokens: what ``pack`` builds, counted the same way."""
+        if self.tokenization == "cached":
+            cu = self._pack_cached(pairs)[2]
+            _, ql, _, dl, _ = self._store.spans(pairs)
+            return self._lengths(ql, dl)[1], np.diff(cu)
+        enc = self._pair_tokenizer.encode_batch_fast([tuple(p) for p in pairs])
+        doc = np.fromiter((e.sequence_ids.count(1) for e in enc), dtype=np.int64, count=len(enc))
+        return doc, np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
+
+    def _pack_library(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``pack`` through the tokenizer's own pair encoding (its Rust backend, ``longest_first`` truncation)."""
+        enc = self._pair_tokenizer.encode_batch_fast([tuple(p) for p in pairs])
+        lengths = np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
+        total = int(lengths.sum())
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in enc), np.int64, total)
+        types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in enc), np.int64, total)
+        return ids, types, _layout(lengths)[0]
+
+    def _pack_cached(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``pack`` from the per-text token store: each text tokenized once, pairs built from ids."""
         self._token_ids([t for p in pairs for t in p])
         qs, ql, ds, dl, tokens = self._store.spans(pairs)
         n1, n2, lengths = self._lengths(ql, dl)
@@ -330,8 +381,6 @@ class CrossEncoderEngine:
         torch = self._torch
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        if self._template is None:
-            raise BackendUnavailableError(f"cannot find the pair layout of {self.name}'s tokenizer")
         unique = list(dict.fromkeys(pairs))
         where = {p: i for i, p in enumerate(unique)}
         chunks, size, start = [], min(256, self.chunk_pairs), 0
@@ -362,10 +411,9 @@ class CrossEncoderEngine:
         return scores[[where[p] for p in pairs]]
 
     def _prepare(self, offset: int, chunk: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, dict]]:
-        """Tokenize a chunk's new texts and cut it into length-sorted batches of model inputs (numpy)."""
-        self._token_ids([t for p in chunk for t in p])
-        qs, ql, ds, dl, tokens = self._store.spans(chunk)
-        n1, n2, lengths = self._lengths(ql, dl)
+        """Encode a chunk's pairs and cut them into length-sorted batches of model inputs (numpy)."""
+        ids, types, cu = self.pack(chunk)
+        lengths = np.diff(cu)
         order = np.argsort(-lengths, kind="stable")
         out = []
         if self.batch_invariant:
@@ -374,13 +422,13 @@ class CrossEncoderEngine:
             cuts = _batches(lengths[order], self.batch_tokens, self.min_fill)
         for a, b in cuts:
             idx = order[a:b]
-            cu, row, pos = _layout(lengths[idx])  # worked out here: on a GPU it would wait for the device
-            ids, types = self._pack(qs[idx], ds[idx], n1[idx], n2[idx], row, pos, tokens)
+            take = np.concatenate([np.arange(cu[i], cu[i + 1]) for i in idx])
+            bcu, row, pos = _layout(lengths[idx])  # worked out here: on a GPU it would wait for the device
             width = int(lengths[idx[0]])
             if self.packed:
-                feed = {"tokens": np.stack([ids, types, row, pos]), "cu": cu, "width": width}
+                feed = {"tokens": np.stack([ids[take], types[take], row, pos]), "cu": bcu, "width": width}
             else:
-                feed = _pad(ids, types, row, pos, width, self.pad_id, self._template["has_types"])
+                feed = _pad(ids[take], types[take], row, pos, width, self.pad_id, self._has_types)
             out.append((idx + offset, feed))
         return out
 
@@ -619,6 +667,32 @@ def _attention(torch, varlen, cu, row, pos, width: int):
     return padded
 
 
+def _pair_tokenizer(tokenizer, max_length: int):
+    """A copy of the tokenizer's Rust backend that encodes (query, document) pairs with the model's special
+    tokens, cut ``longest_first`` to ``max_length`` (what ``CrossEncoder.predict`` gets from it); None for a
+    tokenizer without one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    pairs = Tokenizer.from_str(backend.to_str())
+    pairs.no_padding()
+    pairs.enable_truncation(max_length, strategy="longest_first")
+    return pairs
+
+
+def _truncation_probes(max_length: int) -> list[tuple[str, str]]:
+    """Pairs that take every branch of longest-first truncation at ``max_length``: either text longer, equal
+    lengths, one or both past ``max_length`` (each before and after the cut), odd and even room, non-ASCII."""
+    words = lambda n, w: " ".join([w] * n)  # noqa: E731  (one token a word in common vocabularies)
+    m = max_length
+    sizes = [(3, 5), (m // 2, m // 2), (m // 2 + 1, m // 2), (m // 2, m // 2 + 1), (2, 2 * m), (2 * m, 2)]
+    sizes += [(m + 1, m), (m, m + 1), (m, m), (2 * m, m + 3), (m + 3, 2 * m), (3 * m, 3 * m + 1)]
+    probes = [(words(a, "cat"), words(b, "dog")) for a, b in sizes]
+    return probes + [("Café naïve 東京?", "Résumé — ünïcödé\ttext"), ("", "empty query")]
+
+
 def _to_device(torch, array, device: str):
     if not isinstance(array, np.ndarray):
         return array
@@ -776,7 +850,7 @@ class BiEncoder:
         self.batch_invariant = bool(batch_invariant)
         self.identity = (
             f"{self.name}|{model_identity(self.path)}|{dtype_name(self.dtype)}|len={self.model.max_seq_length}"
-            f"|{'invariant' if self.batch_invariant else 'batched'}"
+            f"|{'invariant' if self.batch_invariant else 'batched'}|env={environment(device=self.device)}"
         )
         cuda = self.device.startswith("cuda")
         self.batch_tokens = int(batch_tokens or (65536 if cuda else 1024))

@@ -2,7 +2,7 @@
 
 Binary metrics (MAP, MRR, recall, precision, ...) count a document relevant when its grade reaches the
 dataset's ``relevance_level`` (TREC DL: 2); nDCG uses the graded judgements with linear gain (trec_eval's).
-``judged@k`` is the share of the top k that has any judgement: low values mean a run is under-rated. It means
+``judged@k`` is the share of the top k (of the list, when shorter) that has any judgement: low values mean a run is under-rated. It means
 something only where the qrels judge non-relevant documents (TREC DL); BEIR-style qrels list only relevant ones, so
 there it would equal precision@k (``judges_nonrelevant``).
 
@@ -21,12 +21,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .types import Qrels, Ranking
+from .types import NO_RESULT, Qrels, Ranking
 
 DEFAULT_METRICS = ("ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr@10", "recall@100", "map@100", "judged@10")
 GRADED = {"ndcg", "ndcg_burges", "dcg", "dcg_burges"}
 BINARY = {"map", "mrr", "recall", "precision", "hit_rate", "hits", "f1", "r-precision", "bpref"}
-NO_RESULT = "\x00no-result"  # a document id no qrels can hold
 _PATTERN = re.compile(r"^([a-z_\-]+?)(?:@(\d+))?$")
 
 
@@ -99,11 +98,13 @@ def context_tokens(final: Ranking, docs: dict, tokenizer) -> float:
 
 
 def judged_at(qrels: Qrels, ranking: Ranking, k: int) -> dict[str, float]:
-    """Share of each query's top k that carries a judgement (any grade, 0 included)."""
+    """Share of each query's top k that carries a judgement (any grade, 0 included), over the list's own length
+    when it is shorter than k, as ir_measures computes it; an empty list scores 0 (its run file line is the
+    unjudged ``NO_RESULT``)."""
     out = {}
     for q, judged in qrels.items():
         top = ranking.get(q, [])[:k]
-        out[q] = sum(d.doc_id in judged for d in top) / k
+        out[q] = sum(d.doc_id in judged for d in top) / len(top) if top else 0.0
     return out
 
 

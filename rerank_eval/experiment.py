@@ -29,14 +29,14 @@ from .evaluation import (
     without_relevant,
 )
 from .files import atomic_writer, write_atomic
-from .pipeline import PipelineResult, run_pipeline
-from .provenance import code_version, device_name, fingerprint
+from .pipeline import run_pipeline
+from .provenance import ENVIRONMENT_LIBRARIES, code_version, device_name, fingerprint, library_versions
 from .report.diff import changes
 from .report.diff import write as write_diff
 from .rerankers import Reranker
 from .retrievers import Retriever
 from .tracking import Tracker, git_commit
-from .types import Ranking
+from .types import NO_RESULT, Ranking
 
 log = logging.getLogger("rerank_eval")
 
@@ -61,17 +61,20 @@ FINAL_MEASURES = ("ndcg", "precision", "recall")
 TOP_K_KEYS = ("top_k", "final_metrics", "context_tokenizer")  # config keys that only change the final cut
 REPORT_KEYS = ("report",)  # what a sweep's report concludes: no job result depends on it
 # the last job's pipeline result by comparison id: a job that differs from it only in top_k shares its scoring
-_CANDIDATE_RUNS: dict[str, tuple[str, PipelineResult]] = {}
+_CANDIDATE_RUNS: dict[str, list] = {}  # comparison -> [fingerprint, PipelineResult, the job's run id or name]
 
 
 def write_trec(ranking: Ranking, path: Path, tag: str, raw_scores: bool = False) -> None:
     """Write a TREC run file atomically, with scores that strictly decrease in rank order (``n - rank + 1``), so
     that trec_eval, ir_measures and ranx, which re-sort by score and break ties their own way, read exactly the
-    order the harness evaluated. The raw scores go beside it (``write_scores``). ``raw_scores``: the ranking's
+    order the harness evaluated; a query whose list is empty gets one line naming ``NO_RESULT``, a document no qrels
+    holds, so it scores 0 there as in the harness's mean (``retriever=run`` skips it). The raw scores go beside it (``write_scores``). ``raw_scores``: the ranking's
     own scores instead (``%.9g``: fp32 reads back exactly), for a first stage that ``retriever=run`` replays
     (it orders ties by the rank column)."""
     with atomic_writer(path) as f:
         for q in sorted(ranking):
+            if not ranking[q]:  # an empty list still counts in the mean: trec_eval averages the run's queries
+                f.write(f"{q} Q0 {NO_RESULT} 1 0 {tag}\n")
             n = len(ranking[q])
             for rank, d in enumerate(ranking[q], 1):
                 score = f"{d.score:.9g}" if raw_scores else n - rank + 1
@@ -203,6 +206,7 @@ def run_experiment(
         "reranker": getattr(reranker, "identity", "none"),
         "code": code_version(),
         "settings": json.dumps(settings, sort_keys=True),
+        "environment": json.dumps(library_versions(ENVIRONMENT_LIBRARIES), sort_keys=True),
     }
     job = {k: v for k, v in (config or {}).items() if k not in REPORT_KEYS}
     base = {k: v for k, v in job.items() if k not in TOP_K_KEYS}
@@ -223,7 +227,7 @@ def run_experiment(
     if tracker is not None and tracker.close_stale(fp):
         log.info("%s: the run an earlier, killed attempt left RUNNING in MLflow is marked KILLED", name)
     started, t0 = time.time(), time.perf_counter()
-    last_fp, res = _CANDIDATE_RUNS.get(comparison, (None, None))
+    last_fp, res, origin_run = _CANDIDATE_RUNS.get(comparison, (None, None, None))
     shared = res is not None and last_fp != fp  # a top_k sibling; the very same job asked again runs again
     if not shared:
         res = run_pipeline(
@@ -240,7 +244,7 @@ def run_experiment(
             query_batch=query_batch,
         )
         _CANDIDATE_RUNS.clear()  # one is enough: sweeps list top_k innermost
-        _CANDIDATE_RUNS[comparison] = (fp, res)
+        _CANDIDATE_RUNS[comparison] = [fp, res, name]
     else:
         log.info(
             "%s: same candidates as the job just run (only top_k differs): its scoring and timing reused",
@@ -282,6 +286,8 @@ def run_experiment(
 
     latency = {**latency_stats("first_stage", res.first_stage_ms), **latency_stats("reranker", res.rerank_ms)}
     latency_source = res.latency_source if reranker is not None else "none"
+    if shared and latency_source != "none":  # the sibling's timings: not measured by this job
+        latency_source = f"replayed:{origin_run}"
     rl = dataset.relevance_level
     analysis, extra_tags, columns = {}, {}, []
     figures, frame = an.ceiling(qrels, res.reranked, res.first_stage, rl)
@@ -348,7 +354,7 @@ def run_experiment(
             1000 * usage.counts.get("api_cost_usd", 0.0) / max(len(per_query), 1)
         )
     origin = {
-        "latency_source": latency_source,  # measured, probe or none: never replayed from a cache
+        "latency_source": latency_source,  # measured, probe, none, or replayed:<run> (a top_k sibling's timings)
         "latency_device": device_name(getattr(reranker, "device", "cpu")) if reranker is not None else "",
         "code_version": code_version(),
         "git_commit": git_commit(),
@@ -463,6 +469,8 @@ def run_experiment(
             },
         )
         summary["mlflow_run_id"] = run_id
+        if not shared and comparison in _CANDIDATE_RUNS:
+            _CANDIDATE_RUNS[comparison][2] = run_id  # top_k siblings name the run their latency comes from
         shutil.rmtree(pending, ignore_errors=True)
     write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))
     log.info("%s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
@@ -509,6 +517,8 @@ def _reuse(
     tracker.download(run_id, [*files, "metrics.json"], out)
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     summary.update(mlflow_run_id=run_id, reused=True)
+    if summary["origin"]["latency_source"] != "none":  # the finished run's timings, not measured now
+        summary["origin"]["latency_source"] = f"replayed:{run_id}"
     if parent_run_id:  # the sweep's parent lists it too, as a child pointing to the original
         tracker.log_reused(run_id, parent_run_id)
     write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))

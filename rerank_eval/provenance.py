@@ -122,6 +122,68 @@ def device_name(device: str = "cpu") -> str:
     return f"{model} ({threads} threads)"
 
 
+LOCAL_MODEL_LIBRARIES = ("torch", "transformers", "tokenizers", "sentence-transformers", "numpy")
+"""What a local model's scores depend on besides its files and settings: each can move a score by changing a
+kernel, a default, or how a pair is cut."""
+ENVIRONMENT_LIBRARIES = (
+    *LOCAL_MODEL_LIBRARIES,
+    *("faiss-cpu", "faiss-gpu", "bm25s", "PyStemmer", "rank-bm25", "ir-datasets", "ranx", "scipy"),
+    *("cohere", "voyageai", "mixedbread", "anthropic", "openai", "httpx"),
+)
+"""Every library that can change a score, a ranking or a request: the job fingerprint and every run hold them."""
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each named distribution (absent ones left out); numpy's with its BLAS."""
+    out = {}
+    for name in names:
+        version = installed_version(name)
+        if version is None:
+            continue
+        out[name] = version
+        if name == "numpy":
+            out[name] += f"+{numpy_blas()}"
+    return out
+
+
+def installed_version(name: str) -> str | None:
+    """A distribution's installed version, None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def numpy_blas() -> str:
+    """The BLAS numpy was built with, and its version (``openblas-0.3.31``): matrix products depend on it."""
+    try:
+        import numpy as np
+
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')}-{blas.get('version', '?')}"
+    except Exception:  # numpy < 1.26 has no dict form
+        return "blas-unknown"
+
+
+def environment(names: tuple[str, ...] = LOCAL_MODEL_LIBRARIES, device: str | None = None) -> str:
+    """``name=version`` of the libraries a figure depends on, and the device kind it ran on (``cpu:<model>``,
+    ``cuda:<card>``): part of score-cache keys, saved-index keys and job fingerprints, so an upgrade or another
+    device computes afresh instead of serving what the old one computed."""
+    parts = [f"{k}={v}" for k, v in library_versions(names).items()]
+    if device is not None:
+        parts.append(f"device={device_kind(device)}")
+    return ",".join(parts)
+
+
+@functools.cache
+def device_kind(device: str) -> str:
+    """The hardware that computes a score, without the thread count (which must not change a score)."""
+    if device.startswith("cuda"):
+        return device_name(device)
+    return "cpu:" + device_name("cpu").rsplit(" (", 1)[0]
+
+
 def fingerprint(config: Mapping, ingredients: Mapping[str, str]) -> str:
     """A stable hash of what makes two jobs the same job: the resolved config (less the keys that cannot change
     results) and the content identities of everything else (data files, run file, model, endpoint, code)."""

@@ -13,23 +13,13 @@ import logging
 import os
 import subprocess
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 
 from .errors import ConfigError, OutputError
+from .provenance import ENVIRONMENT_LIBRARIES, library_versions
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # for the git commit of a checkout, never for outputs
-PACKAGES = (
-    "rerank-eval",
-    "torch",
-    "transformers",
-    "sentence-transformers",
-    "ranx",
-    "ir-datasets",
-    "bm25s",
-    "mlflow",
-    "hydra-core",
-)
+PACKAGES = ("rerank-eval", *ENVIRONMENT_LIBRARIES, "mlflow", "hydra-core")
 
 
 def default_uri() -> str:
@@ -60,11 +50,7 @@ def git_commit() -> str:
 
 @functools.cache
 def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[f"version.{name}"] = metadata.version(name)
-    return out
+    return {f"version.{k}": v for k, v in library_versions(PACKAGES).items()}
 
 
 def _check_reachable(uri: str, timeout_s: float = 10.0) -> None:

@@ -34,3 +34,6 @@ class ScoredDoc:
 
 # query_id -> ranked list, best first. Only pipeline.py and the retrievers build these.
 Ranking = dict[str, list[ScoredDoc]]
+NO_RESULT = "rerank-eval:no-result"
+"""A document id no qrels holds: the one line a run file gives a query whose list is empty (so trec_eval counts the
+query, at 0, as the harness's mean does), and ranx's placeholder for it."""

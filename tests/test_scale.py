@@ -2,6 +2,7 @@
 persisted, memory-mapped BM25 index against a fresh one (the large sizes are `make scale`'s)."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -248,14 +249,24 @@ def test_dense_search_in_chunks_is_the_exact_search_and_the_vectors_are_memory_m
     r.index(ds)
     assert isinstance(r._emb, np.memmap) and r._emb.dtype == np.float32
     queries = [Query("a", "cats"), Query("b", "will it rain tomorrow"), Query("c", "stock market")]
-    emb = np.array(r._emb)
-    q = r.encoder.encode([x.text for x in queries])
-    want = {x.query_id: top_k(r._ids, s, 7) for x, s in zip(queries, q @ emb.T, strict=True)}
+    emb = np.array(r._emb, dtype=np.float64)
+    q = r.encoder.encode([x.text for x in queries]).astype(np.float64)
+    # the expectation, independent of any product the code makes: exactly rounded sums, corpus order for ties
+    exact = {x.query_id: [math.fsum(v * row) for row in emb] for x, v in zip(queries, q, strict=True)}
     monkeypatch.setattr(dense, "SEARCH_ROWS", 4)  # chunk edges fall between equal vectors
     got = r.retrieve(queries, 7)
-    assert got == want
+    for x in queries:
+        want = sorted(range(len(emb)), key=lambda i: (-exact[x.query_id][i], i))[:7]
+        assert [d.doc_id for d in got[x.query_id]] == [r._ids[i] for i in want]
+        np.testing.assert_allclose(
+            [d.score for d in got[x.query_id]], [exact[x.query_id][i] for i in want], atol=1e-6
+        )
+    scores = {d.doc_id: d.score for d in got["a"]}
+    assert scores["d1"] == scores["d1-1"] == scores["d1-2"]  # equal vectors score equal, bit for bit
     ids = [d.doc_id for d in got["a"]]
     assert ids.index("d1") < ids.index("d1-1") < ids.index("d1-2")  # ties in corpus order, across chunks
+    monkeypatch.setattr(dense, "SEARCH_ROWS", 262_144)
+    assert {x.query_id: r.retrieve([x], 7)[x.query_id] for x in queries} == got  # one a call = all at once
 
 
 def test_an_interrupted_dense_build_resumes_from_its_saved_chunks(tmp_path, monkeypatch):
@@ -387,7 +398,12 @@ def test_hnsw_search_is_named_built_once_and_scores_its_candidates_exactly(tmp_p
     assert approx.name.endswith("-hnsw4-efc200-ef64") and "hnsw=(4, 200, 64)" in approx.identity(ds)
     assert exact.identity(ds) == approx._vectors()  # the same saved vectors, one folder
     (folder,) = (tmp_path / "cache" / "dense").iterdir()
-    assert [p.name for p in folder.glob("*.faiss")] == [f"hnsw-m4-efc200-faiss{faiss.__version__}.faiss"]
+    (graph,) = folder.glob("*.faiss")
+    assert graph.name == f"hnsw-m4-efc200-faiss{faiss.__version__}-1thread.faiss"
+    first = graph.read_bytes()
+    graph.unlink()  # built again: single-threaded, so the same graph, byte for byte
+    dense.DenseRetriever(search="hnsw", hnsw_m=4, ef_search=64).index(ds)
+    assert graph.read_bytes() == first
     queries = [Query("a", "cats"), Query("b", "will it rain tomorrow"), Query("c", "stock market")]
     want, got = exact.retrieve(queries, 7), approx.retrieve(queries, 7)
     for q in want:  # a tiny corpus: the graph finds every neighbour; scores the exact inner products

@@ -283,6 +283,7 @@ def test_a_probe_finds_a_stale_cache(tmp_path):
 def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
     """A mutation table: each ingredient changed in turn makes the job run again; unchanged, it is reused."""
     import rerank_eval.experiment as experiment
+    import rerank_eval.provenance as provenance
 
     data = tiny_copy(tmp_path)
     model = tmp_path / "model"
@@ -322,6 +323,12 @@ def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
         "run file": lambda: run_file.write_text(run_file.read_text().replace(" 1 ", " 1 ", 1) + "\n"),
         "model files": lambda: (model / "extra_config.json").write_text("{}"),
         "code version": lambda: monkeypatch.setattr(experiment, "code_version", lambda: "9.9.9+other"),
+        "a library's version": lambda: monkeypatch.setattr(
+            provenance,
+            "installed_version",
+            lambda name, real=provenance.installed_version: "9.9" if name == "tokenizers" else real(name),
+        ),
+        "device": lambda: monkeypatch.setattr(provenance, "device_kind", lambda device: "cuda:Other card"),
     }
     for what, mutate in mutations.items():
         mutate()
@@ -502,15 +509,25 @@ def test_engine_equals_predict_when_both_texts_exceed_max_length():
     np.testing.assert_allclose(eng.score_pairs(pairs), ref.predict(pairs), atol=1e-4)
 
 
-def test_the_engine_refuses_a_model_whose_pairs_it_would_build_wrong(monkeypatch):
-    """The load-time check is real: with the old truncation (each text cut before longest-first) it refuses."""
-    import rerank_eval.engine as engine
-    from rerank_eval.errors import BackendUnavailableError
+def test_where_the_token_cache_would_cut_pairs_wrong_the_tokenizer_builds_them(monkeypatch, caplog):
+    """The load-time check is real: with a cache whose truncation differs from this tokenizers version's (as
+    tokenizers 0.23.0-0.23.2 differ from the rule the cache follows), the engine is not refused: every pair goes
+    through the tokenizer's own pair encoding, and the scores are predict's."""
+    from sentence_transformers import CrossEncoder
 
+    import rerank_eval.engine as engine
+
+    assert engine.CrossEncoderEngine(str(CE_MODEL), max_length=64).tokenization == "cached"
     real = engine.truncate_pairs
     monkeypatch.setattr(engine, "truncate_pairs", lambda n1, n2, budget: real(np.minimum(n1, 1), n2, budget))
-    with pytest.raises(BackendUnavailableError, match="differs from the tokenizer's on a probe pair"):
-        engine.CrossEncoderEngine(str(CE_MODEL), max_length=64)
+    eng = engine.CrossEncoderEngine(str(CE_MODEL), max_length=64)
+    assert eng.tokenization == "library" and "every pair goes through the tokenizer" in caplog.text
+    pairs = [(" ".join(["cat"] * 50), " ".join(["dog"] * 51)), ("a cat", "a dog"), ("x " * 90, "y")]
+    ce = CrossEncoder(str(CE_MODEL), max_length=64, activation_fn=__import__("torch").nn.Identity())
+    np.testing.assert_allclose(eng.score_pairs(pairs), ce.predict(pairs), atol=1e-5)
+    doc, whole = eng.kept_tokens(pairs)  # the truncation figures count what the tokenizer kept
+    assert whole.tolist() == [len(ce.tokenizer(a, b, truncation=True, max_length=64)["input_ids"]) for a, b in pairs]
+    assert doc.tolist() == [31, 2, 1]
 
 
 def test_dtype_and_length_are_in_the_name_and_identity():

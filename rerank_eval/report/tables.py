@@ -58,6 +58,7 @@ def comparison_frame(
                 if reranked and timed
                 else np.nan,
                 "latency source": r.latency_source if reranked else "",
+                "latency device": r.origin.get("latency_device", "") if reranked and timed else "",
                 "delta": r.metrics[metric] - r.first_stage[metric],
                 "ci low": s.get("ci_low", np.nan),
                 "ci high": s.get("ci_high", np.nan),
@@ -132,10 +133,14 @@ def markdown_table(
         "MDE",
         "win/tie/loss",
     ]
+    devices = sorted({d for d in frame.get("latency device", []) if d})
     rows = []
     for _, r in frame.iterrows():
         none = r["reranker"] == "none"
         mark = " †" if not none and r["p (Holm)"] < alpha else ""
+        ms = fmt_ms(r["reranker ms/query"], r["latency source"]) if not none else ""
+        if len(devices) > 1 and r.get("latency device"):  # two devices in one column: each figure says which
+            ms += f" ({r['latency device']})"
         rows.append(
             [
                 r["dataset"],
@@ -143,7 +148,7 @@ def markdown_table(
                 r["reranker"],
                 *([str(r["candidates"]), str(r["top_k"])] if depth_columns else []),
                 *(f"{r[m]:.4f}" for m in metrics),
-                fmt_ms(r["reranker ms/query"], r["latency source"]) if not none else "",
+                ms,
                 "" if none else f"{r['delta']:+.4f}{mark}",
                 "" if none else f"[{r['ci low']:+.4f}, {r['ci high']:+.4f}]",
                 "" if none else fmt_p(r["p (Holm)"]),
@@ -152,7 +157,10 @@ def markdown_table(
                 "" if none else f"{r['wins']}/{r['ties']}/{r['losses']}",
             ]
         )
-    return _md(head, rows)
+    where = f"\nReranker latency measured on {devices[0]}.\n" if len(devices) == 1 else ""
+    if len(devices) > 1:
+        where = f"\nReranker latency comes from {len(devices)} devices (named beside each figure): compare within one.\n"
+    return _md(head, rows) + where
 
 
 def best_per_metric(records: Sequence[JobRecord], metrics: Sequence[str]) -> dict[str, tuple[str, float]]:

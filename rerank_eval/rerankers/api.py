@@ -12,6 +12,25 @@ import time
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError, RerankEvalError
+from ..provenance import environment
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+"""HTTP statuses worth another attempt: timeouts, conflicts, rate limits, server errors and overload."""
+
+
+def retry_after(error: Exception) -> float | None:
+    """Seconds the server asked to wait (an error's ``retry_after``, or its Retry-After header), else None."""
+    wait = getattr(error, "retry_after", None)
+    if wait is not None:
+        return float(wait)
+    for obj in (error, getattr(error, "response", None)):
+        headers = getattr(obj, "headers", None)
+        try:
+            value = headers.get("retry-after") if headers is not None else None
+            return float(value) if value is not None else None
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return None
 
 
 class RerankerCallError(RerankEvalError):
@@ -153,6 +172,7 @@ class RerankService:
     service = ""  # e.g. "jina rerank": how errors name it
     billed = ""  # the usage counter of what the service bills: "search_units", "tokens"
     transient: tuple[type[Exception], ...] = ()
+    sdk: tuple[str, ...] = ("httpx",)  # the client libraries whose versions shape a request (in the identity)
 
     def setup(
         self,
@@ -184,32 +204,38 @@ class RerankService:
         self.name = f"{name}-{model.rsplit('/', 1)[-1]}"
         self.device = f"api:{base_url}"
         # the endpoint is part of the identity: scores from a proxy or a test server are never served as the API's
-        self.identity = f"{name}|{base_url}|{model}|{identity}"
+        self.identity = f"{name}|{base_url}|{model}|{identity}|sdk={environment(self.sdk)}"
         return api_key(api_key_env, f"reranker={name}")
 
     def _request(self, query: str, documents: list[str]) -> tuple[dict[int, float], float]:
         raise NotImplementedError
 
     def _call(self, query, chunk: list[str]) -> tuple[dict[int, float], float]:
+        """One request, retried here and only here (the SDK clients are built with no retries of their own), so
+        every attempt is counted: ``api_attempts``, and ``api_unanswered`` for attempts that timed out or lost
+        their connection after sending (the service may have billed them)."""
         for attempt in range(self.max_retries + 1):
             self.limiter.wait()
+            self.usage.add(api_attempts=1)
             try:
                 return self._request(query.text, chunk)
-            except self.transient as e:
+            except RerankerCallError:
+                raise
+            except Exception as e:
+                if not (isinstance(e, self.transient) or status_of(e) in RETRY_STATUS):
+                    refuse_key(e, self.api_key_env, self.service)
+                    raise RerankerCallError(
+                        f"{self.service} failed for query {query.query_id}: {describe(e)}"
+                    ) from e
+                if status_of(e) is None:
+                    self.usage.add(api_unanswered=1)
                 if attempt == self.max_retries:
                     raise RerankerCallError(
                         f"{self.service} failed for query {query.query_id} after {attempt + 1} attempts: "
                         f"{describe(e)}"
                     ) from e
-                wait = getattr(e, "retry_after", None)  # the server's Retry-After, where the error carries it
+                wait = retry_after(e)  # the server's Retry-After, where the error carries it
                 time.sleep(min(60.0, wait) if wait is not None else min(8.0, 0.25 * 2**attempt))
-            except RerankerCallError:
-                raise
-            except Exception as e:  # the SDK's own retries are spent: every other failure counts the same
-                refuse_key(e, self.api_key_env, self.service)
-                raise RerankerCallError(
-                    f"{self.service} failed for query {query.query_id}: {describe(e)}"
-                ) from e
         raise AssertionError("unreachable")
 
     def score(self, query, docs) -> list[float]:

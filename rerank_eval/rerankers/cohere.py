@@ -15,12 +15,15 @@ class CohereReranker(RerankService):
         base_url: another endpoint (a proxy, or a local emulator in tests).
         max_docs_per_call: documents per request (the API's limit is 1,000); more are split across calls.
         max_tokens_per_doc: longer documents are truncated by the API to this many tokens.
-        timeout, max_retries: the SDK's own timeout (s) and retry count (429 and 5xx, honouring Retry-After);
-            a dropped connection or a read timeout, which the SDK does not retry, is retried as many times here.
+        timeout, max_retries: seconds per request, and retries of 429, 5xx, timeouts and dropped connections
+            (honouring Retry-After): ``RerankService``'s one retry loop, every attempt counted; the SDK's own
+            retries are off.
         requests_per_minute: a client-side limit (a trial key allows 10).
         price_per_search_unit: USD per search unit (one unit per query per 100 documents); ``prices_as_of``
             when it was published (a tag on every run, beside the cost).
     """
+
+    sdk = ("cohere", "httpx")
 
     service, billed = "cohere rerank", "search_units"
 
@@ -57,7 +60,7 @@ class CohereReranker(RerankService):
         self.name = f"cohere-{model}"
         self.max_tokens_per_doc = max_tokens_per_doc
         kwargs = {"base_url": base_url} if base_url else {}
-        self._client = cohere.ClientV2(api_key=key, timeout=timeout, max_retries=max_retries, **kwargs)
+        self._client = cohere.ClientV2(api_key=key, timeout=timeout, **kwargs)
 
     def _request(self, query: str, documents: list[str]) -> tuple[dict[int, float], float]:
         resp = self._client.rerank(
@@ -66,6 +69,7 @@ class CohereReranker(RerankService):
             documents=documents,
             top_n=len(documents),
             max_tokens_per_doc=self.max_tokens_per_doc,
+            request_options={"max_retries": 0},  # RerankService retries, and counts each attempt
         )
         meta = getattr(resp, "meta", None)
         units = float(getattr(getattr(meta, "billed_units", None), "search_units", 0) or 0)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..engine import dtype_name, pick_device, pick_dtype
 from ..errors import BackendUnavailableError, ConfigError
-from ..provenance import hub_snapshot, model_identity, scoring_code
+from ..provenance import environment, hub_snapshot, model_identity, scoring_code
 from ..types import Doc, Query
 
 
@@ -213,7 +213,7 @@ class ColBERTReranker:
         self.identity = (
             f"colbert|{f.kind}|{model_identity(str(folder), revision)}|q={f.query_length}|d={f.doc_length}|"
             f"exp={f.expansion}/{f.attend_expansion}|skip={len(skip)}|{self.dtype}|"
-            f"code={scoring_code('rerankers/colbert')}"
+            f"code={scoring_code('rerankers/colbert')}|env={environment(device=self.device)}"
         )
 
     def _ids(self, texts: Sequence[str], is_query: bool):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine import CrossEncoderEngine, dtype_name, resolve_model
-from ..provenance import model_identity, scoring_code
+from ..provenance import environment, model_identity, scoring_code
 from ..types import Doc, Query
 
 _ENGINES: dict[tuple, CrossEncoderEngine] = {}
@@ -58,11 +58,13 @@ class CrossEncoderReranker:
         self.identity = (
             f"cross-encoder|{files}|len={e.max_length}|{self.dtype}|act={activation}"
             f"|{'invariant' if e.batch_invariant else 'batched'}|code={scoring_code('engine')}"
+            f"|env={environment(device=e.device)}"
         )
         self.settings = {
             "max_length": e.max_length,
             "model_max_length": e.declared_max_length,
             "dtype": self.dtype,
+            "tokenization": e.tokenization,
         }
         self.device = e.device
         self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit

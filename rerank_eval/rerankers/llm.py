@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from ..paths import cache_root
-from ..provenance import scoring_code
+from ..provenance import environment, scoring_code
 from ..types import Doc, Query
 from .api import RateLimiter, RerankerCallError, ResponseCache, Usage, api_key, describe, refuse_key, require
 
@@ -154,6 +154,7 @@ class LLMReranker:
         self.identity = (
             f"llm|{provider}|{self.base_url}|{model}|{mode}|w={window}|s={step}|b={batch_size}|t={temperature}"
             f"|max_tokens={max_tokens}|prompts={prompts}|code={scoring_code('rerankers/llm')}"
+            f"|sdk={environment((provider, 'httpx'))}"
         )
 
     @property

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engine import _batches, _progress, _singles, dtype_name, load_error, pick_device, pick_dtype
 from ..errors import BackendUnavailableError, ConfigError
-from ..provenance import hub_snapshot, model_identity, scoring_code
+from ..provenance import environment, hub_snapshot, model_identity, scoring_code
 from ..types import Doc, Query
 
 FIELD = re.compile(r"\{(\w+)\}")  # a prompt's fields: {query}, {document}...
@@ -170,7 +170,7 @@ class AnswerReranker:
         self.identity = (
             f"{family}|{lm.files}|prompt={hashlib.sha256(recipe.encode()).hexdigest()[:12]}|{score}"
             f"|len={self.max_length}|{self.dtype}|{'invariant' if lm.batch_invariant else 'batched'}"
-            f"|code={scoring_code(module, 'rerankers/local', 'engine')}"
+            f"|code={scoring_code(module, 'rerankers/local', 'engine')}|env={environment(device=lm.device)}"
         )
         self.settings = {"max_length": self.max_length, "dtype": self.dtype, "score": score}
 

@@ -15,11 +15,14 @@ class MixedbreadReranker(RerankService):
         api_key_env: the environment variable holding the key (never the key itself).
         base_url: another endpoint (a proxy, or a local emulator in tests).
         max_docs_per_call: documents per request (the API's limit is 1,000); more are split across calls.
-        timeout, max_retries: the SDK's own timeout (s) and retries (429, 5xx, timeouts and dropped
-            connections, honouring Retry-After).
+        timeout, max_retries: seconds per request, and retries of 429, 5xx, timeouts and dropped connections
+            (honouring Retry-After): ``RerankService``'s one retry loop, every attempt counted; the SDK's own
+            retries are off.
         requests_per_minute: a client-side limit.
         price_per_million_tokens: USD per million billed tokens; ``prices_as_of`` when it was published.
     """
+
+    sdk = ("mixedbread", "httpx")
 
     service, billed = "mixedbread rerank", "tokens"
 
@@ -36,6 +39,9 @@ class MixedbreadReranker(RerankService):
         prices_as_of: str | None = None,
     ):
         mixedbread = require("mixedbread", "mixedbread")
+        self.transient = (
+            mixedbread.APIConnectionError,
+        )  # timeouts too; statuses: RerankService.RETRY_STATUS
         url = (base_url or "https://api.mixedbread.com").rstrip("/")
         key = self.setup(
             "mixedbread",
@@ -51,7 +57,10 @@ class MixedbreadReranker(RerankService):
             f"code={scoring_code('rerankers/mixedbread', 'rerankers/api')}",
         )
         self._client = mixedbread.Mixedbread(
-            api_key=key, base_url=url, timeout=timeout, max_retries=max_retries
+            api_key=key,
+            base_url=url,
+            timeout=timeout,
+            max_retries=0,  # RerankService retries, and counts each
         )
 
     def _request(self, query: str, documents: list[str]) -> tuple[dict[int, float], float]:

@@ -16,12 +16,14 @@ class VoyageReranker(RerankService):
         base_url: another endpoint (MongoDB's ``https://ai.mongodb.com/v1``, a proxy, a local emulator).
         max_docs_per_call: documents per request (the API's limit is 1,000); more are split across calls.
         truncation: let the API truncate documents past the model's context (else it refuses them).
-        timeout, max_retries: the SDK's timeout (s) and retries (it retries 429, 502-504 and timeouts with
-            backoff from 1 s); a 500 or a dropped connection, which it does not retry, is retried as many times
-            here.
+        timeout, max_retries: seconds per request, and retries of 429, 5xx, timeouts and dropped connections
+            (honouring Retry-After): ``RerankService``'s one retry loop, every attempt counted; the SDK's own
+            retries are off.
         requests_per_minute: a client-side limit.
         price_per_million_tokens: USD per million billed tokens; ``prices_as_of`` when it was published.
     """
+
+    sdk = ("voyageai", "httpx")
 
     service, billed = "voyage rerank", "tokens"
 
@@ -41,7 +43,13 @@ class VoyageReranker(RerankService):
         voyageai = require("voyageai", "voyage")
         from voyageai import error
 
-        self.transient = (error.ServerError, error.APIConnectionError)
+        self.transient = (
+            error.ServerError,
+            error.APIConnectionError,
+            error.Timeout,
+            error.RateLimitError,
+            error.ServiceUnavailableError,
+        )
         url = (base_url or "https://api.voyageai.com/v1").rstrip("/")
         key = self.setup(
             "voyage",
@@ -57,10 +65,8 @@ class VoyageReranker(RerankService):
             f"truncation={truncation}|code={scoring_code('rerankers/voyage', 'rerankers/api')}",
         )
         self.truncation = bool(truncation)
-        # the SDK counts attempts, not retries
-        self._client = voyageai.Client(
-            api_key=key, max_retries=max_retries + 1, timeout=timeout, base_url=url
-        )
+        # one attempt a call (the SDK counts attempts): RerankService retries, and counts each
+        self._client = voyageai.Client(api_key=key, max_retries=1, timeout=timeout, base_url=url)
 
     def _request(self, query: str, documents: list[str]) -> tuple[dict[int, float], float]:
         resp = self._client.rerank(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 from collections.abc import Sequence
 
@@ -10,11 +12,13 @@ import numpy as np
 from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..paths import cache_root
-from ..provenance import scoring_code
+from ..provenance import environment, scoring_code
 from ..ranking import top_k
 from ..types import Query, Ranking
 
+log = logging.getLogger("rerank_eval")
 _CHUNK = 50_000  # documents tokenized at once while building
+CHECK_DOCS, CHECK_QUERIES = 1000, 20  # the sample on which each build checks itself against bm25s's own index
 
 
 class BM25Retriever:
@@ -52,11 +56,9 @@ class BM25Retriever:
     full_corpus = True
 
     def identity(self, dataset: Dataset) -> str:
-        from importlib.metadata import version
-
         lib = "bm25s" if self.backend == "bm25s" else "rank-bm25"
         return (
-            f"bm25|{lib}={version(lib)}|k1={self.k1}|b={self.b}|{self.method}|{self.stemmer_name}|"
+            f"bm25|{environment((lib, 'PyStemmer', 'numpy'))}|k1={self.k1}|b={self.b}|{self.method}|{self.stemmer_name}|"
             f"{self.stopwords}|corpus={dataset.corpus_fingerprint}"
         )
 
@@ -86,6 +88,44 @@ class BM25Retriever:
         self._index = BM25Okapi(tokens, k1=self.k1, b=self.b)
 
     def _build(self, dataset: Dataset):
+        """The bounded-memory build (``_bounded``) where it equals ``bm25s.BM25.index`` on a sample of this corpus
+        under the installed bm25s (it calls bm25s's private scoring helpers, which a release may change); else
+        bm25s's own index, with a warning."""
+        if self._agrees_with_bm25s(list(itertools.islice(dataset.corpus(), CHECK_DOCS))):
+            return self._bounded(dataset.corpus(), self._tok)
+        log.warning(
+            "bm25s %s: the bounded-memory build differs from bm25s.BM25.index on a sample; using bm25s's own "
+            "index (all of the corpus's tokens in memory)",
+            environment(("bm25s",)),
+        )
+        return self._plain(dataset.corpus())
+
+    def _agrees_with_bm25s(self, sample: list) -> bool:
+        """Whether ``_bounded`` gives ``bm25s.BM25.index``'s scores, bit for bit, on ``sample`` for queries made of
+        its documents' first words."""
+        if not sample:
+            return True
+        ours, _ = self._bounded(sample, self._tokenizer())
+        theirs, _ = self._plain(sample, self._tokenizer())
+        words = self._tokenizer().tokenize(
+            [d.full_text for d in sample[:CHECK_QUERIES]], return_as="string", show_progress=False
+        )
+        return all(
+            np.array_equal(ours.get_scores(w[:12]), theirs.get_scores(w[:12])) for w in words if any(w[:12])
+        )
+
+    def _plain(self, docs, tok=None):
+        """bm25s's own index over the documents (their tokens held in memory)."""
+        import bm25s
+
+        docs = list(docs)
+        tok = tok or self._tok
+        index = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        texts = [d.full_text for d in docs]
+        index.index(tok.tokenize(texts, return_as="string", show_progress=False), show_progress=False)
+        return index, [d.doc_id for d in docs]
+
+    def _bounded(self, docs, tok):
         """bm25s's index, built in bounded memory: documents are tokenized a chunk at a time into term counts kept
         on disk, then scored with bm25s's own idf and tf functions into the column-major matrix bm25s searches
         (``bm25s.BM25.index`` holds every token of the corpus as Python lists: 6 GB at a million abstracts)."""
@@ -102,17 +142,17 @@ class BM25Retriever:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".counts.") as spill:
             chunks = 0
-            for texts in _chunks(dataset.corpus(), ids):
-                docs = self._tok.tokenize(texts, return_as="ids", show_progress=False, update_vocab=True)
-                vocab = len(self._tok.get_vocab_dict())
-                dl = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-                flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(dl.sum()))
+            for texts in _chunks(docs, ids):
+                toks = tok.tokenize(texts, return_as="ids", show_progress=False, update_vocab=True)
+                vocab = len(tok.get_vocab_dict())
+                dl = np.fromiter((len(d) for d in toks), dtype=np.int64, count=len(toks))
+                flat = np.fromiter((t for d in toks for t in d), dtype=np.int64, count=int(dl.sum()))
                 # (document, term) pairs and their counts, ordered by document then term
-                pairs, tf = np.unique(np.repeat(np.arange(len(docs)), dl) * vocab + flat, return_counts=True)
+                pairs, tf = np.unique(np.repeat(np.arange(len(toks)), dl) * vocab + flat, return_counts=True)
                 doc, term = np.divmod(pairs, vocab)
                 np.savez(
                     f"{spill}/{chunks}.npz",
-                    doc=(doc + len(ids) - len(docs)).astype(np.int32),
+                    doc=(doc + len(ids) - len(toks)).astype(np.int32),
                     term=term.astype(np.int32),
                     tf=tf.astype(np.float32),
                     dl=dl[doc].astype(np.int32),
@@ -154,9 +194,7 @@ class BM25Retriever:
                 data[slot], rows[slot] = scores[order], doc[order]
                 fill += counts
         index.scores = {"data": data, "indices": rows, "indptr": indptr, "num_docs": n_docs}
-        index.vocab_dict = dict(
-            self._tok.get_vocab_dict()
-        )  # a copy: queries must not grow the index's vocabulary
+        index.vocab_dict = dict(tok.get_vocab_dict())  # a copy: queries must not grow the index's vocabulary
         index.unique_token_ids_set = set(index.vocab_dict.values())
         return index, ids
 

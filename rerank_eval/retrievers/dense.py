@@ -34,7 +34,8 @@ class DenseRetriever:
 
     The corpus is encoded once per (model, settings, corpus, code) into ``.cache/dense/`` a chunk at a time (a
     killed build resumes at its last saved chunk), and later jobs and processes memory-map the vectors. Search is
-    exact: inner products over chunks of ``SEARCH_ROWS`` vectors, ties broken by corpus order as everywhere.
+    exact: each (query, document) score is one row-wise fp32 dot product, ties broken by corpus order as everywhere (a
+    BLAS product over chunks of ``SEARCH_ROWS`` vectors only shortlists, with a proven margin: ``_shortlist``).
     ``search=hnsw`` asks a FAISS HNSW index (built once beside the vectors) for the candidates instead, an
     approximate search named in the retriever's name; their scores are still the exact inner products.
 
@@ -127,6 +128,7 @@ class DenseRetriever:
                 shutil.rmtree(folder, ignore_errors=True)  # damaged: encoded again
         if len(self._ids) != len(self._emb):
             raise DataError(f"{folder}: {len(self._ids)} ids for {len(self._emb)} vectors; delete the folder")
+        self._max_norm = _max_norm(self._emb)
         self._hnsw = self._hnsw_index(folder) if self.search == "hnsw" else None
 
     def _hnsw_index(self, folder: Path):
@@ -135,8 +137,8 @@ class DenseRetriever:
 
         m, ef_construction, _ = self.hnsw
         path = (
-            folder / f"hnsw-m{m}-efc{ef_construction}-faiss{faiss.__version__}.faiss"
-        )  # a new FAISS: rebuilt
+            folder / f"hnsw-m{m}-efc{ef_construction}-faiss{faiss.__version__}-1thread.faiss"
+        )  # a new FAISS, or a graph from the multi-threaded builds before: rebuilt
         if path.is_file():
             try:
                 index = faiss.read_index(str(path))
@@ -146,9 +148,14 @@ class DenseRetriever:
                 return index
         index = faiss.IndexHNSWFlat(self._emb.shape[1], m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
-        for a in range(0, len(self._emb), SEARCH_ROWS):
-            index.add(np.ascontiguousarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32))
-            log.info("%s: %d of %d vectors in the HNSW graph", self.name, index.ntotal, len(self._emb))
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # several threads link the graph in a racing order: not reproducible
+        try:
+            for a in range(0, len(self._emb), SEARCH_ROWS):
+                index.add(np.ascontiguousarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32))
+                log.info("%s: %d of %d vectors in the HNSW graph", self.name, index.ntotal, len(self._emb))
+        finally:
+            faiss.omp_set_num_threads(threads)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         faiss.write_index(index, str(tmp))
         os.replace(tmp, path)
@@ -223,24 +230,34 @@ class DenseRetriever:
         q = self.encoder.encode([self.query_prefix + x.text for x in queries])
         if self._hnsw is not None:
             return self._approximate(queries, np.ascontiguousarray(q, dtype=np.float32), k)
-        best: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in queries]
-        for a in range(0, len(self._emb), SEARCH_ROWS):
-            block = np.asarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32)
-            rows = np.arange(a, a + len(block))
-            for i, s in enumerate(q @ block.T):
-                # a chunk's best k, ties at the k-th included: the exact global best k is among the chunks' best
-                got = top_k(rows, s, k)
-                best[i].append(
-                    (np.array([d.doc_id for d in got]), np.array([d.score for d in got], np.float32))
-                )
         out: Ranking = {}
-        for query, parts in zip(queries, best, strict=True):
-            idx = np.concatenate([p[0] for p in parts])
-            scores = np.concatenate([p[1] for p in parts])  # chunks in corpus order: ties keep that order
+        for query, vec in zip(queries, q, strict=True):
+            rows = self._shortlist(vec, k)
             out[query.query_id] = [
-                ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(idx, scores, k)
+                ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(rows, self._exact(rows, vec), k)
             ]
         return out
+
+    def _shortlist(self, vec: np.ndarray, k: int) -> np.ndarray:
+        """Corpus rows, in corpus order, that hold the exact best ``k`` for ``vec``: every row whose BLAS score
+        comes within ``margin`` of the k-th best BLAS score of its chunk. Any two fp32 summation orders of a
+        d-term dot product differ by at most 2 * gamma_d * |q| * |d| (gamma_d = d u / (1 - d u), u = 2^-24), so
+        a row outside the shortlist cannot reach the k-th exact score, whatever the BLAS and however many
+        queries it multiplies at once."""
+        d = len(vec)
+        gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+        margin = 2.5 * gamma * float(np.linalg.norm(vec)) * self._max_norm
+        keep = []
+        for a in range(0, len(self._emb), SEARCH_ROWS):
+            s = np.asarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32) @ vec
+            kth = np.partition(s, len(s) - k)[len(s) - k] if k < len(s) else s.min()
+            keep.append(a + np.flatnonzero(s >= kth - margin))
+        return np.concatenate(keep)
+
+    def _exact(self, rows: np.ndarray, vec: np.ndarray) -> np.ndarray:
+        """Each row's score on its own: one fp32 product and one pairwise sum a row, the same arithmetic for every
+        row (no BLAS), so equal vectors score equal and a score does not depend on the query's batch."""
+        return (np.asarray(self._emb[rows], dtype=np.float32) * vec).sum(axis=1, dtype=np.float32)
 
     def _approximate(self, queries: Sequence[Query], q: np.ndarray, k: int) -> Ranking:
         """HNSW's candidates, scored exactly against the saved vectors, ties in corpus order: all ``ef_search`` it
@@ -251,13 +268,19 @@ class DenseRetriever:
         out: Ranking = {}
         for query, vec, rows in zip(queries, q, found, strict=True):
             rows = np.unique(rows[rows >= 0])  # corpus order; -1: fewer than k found
-            # a row at a time, the same arithmetic for every row: equal vectors score equal (a BLAS product may
-            # not: its kernels differ at a block's edge)
-            scores = (np.asarray(self._emb[rows], dtype=np.float32) * vec).sum(axis=1, dtype=np.float32)
             out[query.query_id] = [
-                ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(rows, scores, k)
+                ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(rows, self._exact(rows, vec), k)
             ]
         return out
+
+
+def _max_norm(emb: np.ndarray) -> float:
+    """The longest vector's length (with a little room for its own rounding)."""
+    longest = 0.0
+    for a in range(0, len(emb), SEARCH_ROWS):
+        block = np.asarray(emb[a : a + SEARCH_ROWS], dtype=np.float64)
+        longest = max(longest, float(np.sqrt((block * block).sum(axis=1).max(initial=0.0))))
+    return longest * (1 + 1e-6)
 
 
 def _chunked(docs: Iterable[Doc], size: int):

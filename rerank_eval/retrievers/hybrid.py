@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from ..datasets import Dataset
 from ..errors import ConfigError
+from ..provenance import environment
 from ..ranking import top_k
 from ..types import Query, Ranking
 from . import Retriever
@@ -44,7 +46,13 @@ class HybridRetriever:
     full_corpus = True
 
     def identity(self, dataset: Dataset) -> str:
-        return f"hybrid|{self.sparse.identity(dataset)}|{self.dense.identity(dataset)}"
+        """Both stages' identities and every fusion setting: the method, its parameters, the normalisation, the
+        depth each stage contributes, and ranx's version (it computes the fusion)."""
+        fusion = json.dumps([self.method, self.params, self.norm, self.depth], sort_keys=True)
+        return (
+            f"hybrid|{self.sparse.identity(dataset)}|{self.dense.identity(dataset)}|fusion={fusion}"
+            f"|{environment(('ranx',))}"
+        )
 
     def index(self, dataset: Dataset) -> None:
         self.sparse.index(dataset)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..ranking import top_k
-from ..types import Query, Ranking
+from ..types import NO_RESULT, Query, Ranking
 
 
 def read_trec_run(path: Path) -> dict[str, list[tuple[str, int, float]]]:
@@ -42,7 +42,9 @@ def read_trec_run(path: Path) -> dict[str, list[tuple[str, int, float]]]:
                 if (qid, doc_id) in seen:
                     raise DataError(f"{path}:{lineno}: document {doc_id} is listed twice for query {qid}")
                 seen.add((qid, doc_id))
-                out.setdefault(qid, []).append(entry)
+                out.setdefault(qid, [])
+                if doc_id != NO_RESULT:  # the harness's line for an empty list
+                    out[qid].append(entry)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not valid UTF-8; is it a TREC run file?") from None
     if not out:
