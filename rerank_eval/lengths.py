@@ -1,7 +1,8 @@
 """How many tokens each candidate has, and how many of them a reranker's ``max_length`` keeps.
 
-A cross-encoder sees the pair (query, title + text) cut longest-first to ``max_length`` (``engine.truncate_pairs``,
-what its tokenizer does); a bi-encoder sees the document alone cut to ``max_seq_length``. Rerankers without a
+A cross-encoder sees the pair (query, title + text) cut longest-first to ``max_length``, counted by the engine's own
+pair building (``CrossEncoderEngine.kept_tokens``: the tokenizer's pair encoding, or the token cache proven equal to
+it); a bi-encoder sees the document alone cut to ``max_seq_length``. Rerankers without a
 local tokenizer (APIs, none) keep everything; their documents are counted with the context tokenizer.
 """
 
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import truncate_pairs
 from .types import Doc
 
 
@@ -70,8 +70,8 @@ def candidate_lengths(
         if max_length is None:
             out[q] = Lengths(full, full, int(full.sum() + len(hits) * (ql + special)))
         elif pair:
-            kept_q, kept = truncate_pairs(np.full(len(hits), ql), full, max_length - special)
-            out[q] = Lengths(full, kept, int((kept_q + kept).sum() + len(hits) * special))
+            kept, whole = reranker.engine.kept_tokens([(queries[q], docs[h.doc_id].full_text) for h in hits])
+            out[q] = Lengths(full, kept, int(whole.sum()))
         else:  # the documents alone, plus the query encoded once
             kept = np.minimum(full, max_length - special)
             query = min(ql, max_length - special) + special

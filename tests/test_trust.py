@@ -442,6 +442,59 @@ def test_a_heavily_tied_reranked_run_rescores_under_trec_eval(dl19, tmp_path):
     assert abs(theirs - res.metrics["ndcg@10"]) > 1e-3
 
 
+class FailingOnSome:
+    """Fails on every other query, as an API that stays down for them would; scores by length elsewhere."""
+
+    pointwise = True
+    identity = "fails-on-some"
+    name = "fails"
+
+    def score(self, query, docs):
+        from rerank_eval.rerankers.api import RerankerCallError
+
+        if int(query.query_id) % 2:
+            raise RerankerCallError(f"down for {query.query_id}")
+        return [float(len(d.full_text)) for d in docs]
+
+
+def test_empty_lists_and_short_lists_rescore_under_trec_eval_and_ir_measures(dl19, tmp_path):
+    """A failed query (on_failure=zero) has an empty list and counts 0 in the mean: its run file line makes
+    trec_eval (which averages the queries in the run) count it too. judged@10 of a 3-document list divides by 3,
+    as ir_measures does."""
+    metrics = parse_metrics(["ndcg@10", "judged@10"])
+    res = run_experiment(
+        dl19,
+        RunFileRetriever(name="bm25"),
+        FailingOnSome(),
+        candidates=3,
+        top_k=3,
+        metrics=metrics,
+        output_dir=tmp_path,
+        context_tokenizer=None,
+        on_failure="zero",
+        latency_probe=0,
+    )
+    per_query = pd.read_csv(tmp_path / "per_query.csv", index_col="query_id", dtype={"query_id": str})
+    failed = [q for q in per_query.index if int(q) % 2]
+    assert failed and (per_query.loc[failed, "reranked.ndcg@10"] == 0).all()
+    run = {}
+    for line in (tmp_path / "run.trec").read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        run.setdefault(q, {})[d] = float(s)
+    assert sorted(run) == sorted(per_query.index)  # every judged query is in the run file, failed ones too
+    ev = pytrec_eval.RelevanceEvaluator(dl19.qrels(), {"ndcg_cut_10"}, relevance_level=2)
+    assert res.metrics["ndcg@10"] == pytest.approx(
+        np.mean([v["ndcg_cut_10"] for v in ev.evaluate(run).values()])
+    )
+    theirs = rescore(tmp_path / "run.trec", dl19.qrels(), metrics, 2)
+    for m in metrics:  # per query, no query filled in
+        assert set(theirs[m.name]) == set(per_query.index), m.name
+        np.testing.assert_allclose(
+            per_query[f"reranked.{m.name}"], pd.Series(theirs[m.name]).reindex(per_query.index), atol=1e-6
+        )
+    assert per_query["reranked.judged@10"].max() == 1.0  # three judged of three, not 0.3
+
+
 def test_nan_scores_are_an_error_naming_the_reranker_and_the_query(tmp_path):
     class NanReranker(GradeReranker):
         name, identity = "broken", "nan"
@@ -526,7 +579,9 @@ def test_where_the_token_cache_would_cut_pairs_wrong_the_tokenizer_builds_them(m
     ce = CrossEncoder(str(CE_MODEL), max_length=64, activation_fn=__import__("torch").nn.Identity())
     np.testing.assert_allclose(eng.score_pairs(pairs), ce.predict(pairs), atol=1e-5)
     doc, whole = eng.kept_tokens(pairs)  # the truncation figures count what the tokenizer kept
-    assert whole.tolist() == [len(ce.tokenizer(a, b, truncation=True, max_length=64)["input_ids"]) for a, b in pairs]
+    assert whole.tolist() == [
+        len(ce.tokenizer(a, b, truncation=True, max_length=64)["input_ids"]) for a, b in pairs
+    ]
     assert doc.tolist() == [31, 2, 1]
 
 
