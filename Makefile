@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv lock test-latest bench test test-all chromium reliability lint perf scale sweep-cost report screenshot ui clean
+.PHONY: help venv lock test-latest tokenizers-check bench test test-all chromium reliability lint perf scale sweep-cost report screenshot ui clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,13 @@ test-all: venv chromium  ## every test, slow ones included (the browser tests ne
 chromium:  ## Debian's chromium for the browser tests and make screenshot (installed when missing, as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null; } || \
 	  { echo "the browser tests need Debian's chromium: run 'sudo apt-get install chromium', then make test-all"; exit 1; }
+
+TOKENIZERS_OLD ?= 0.23.1
+tokenizers-check: venv  ## the engine equals CrossEncoder.predict on long pairs under the locked tokenizers and 0.23.1
+	rm -rf .cache/tokenizers-$(TOKENIZERS_OLD)
+	$(PY) -m pip install -q --no-deps --target .cache/tokenizers-$(TOKENIZERS_OLD) tokenizers==$(TOKENIZERS_OLD)
+	$(PY) scripts/engine_equals_predict.py
+	PYTHONPATH=.cache/tokenizers-$(TOKENIZERS_OLD) $(PY) scripts/engine_equals_predict.py
 
 reliability: venv  ## the reliability suite, slow parts and all 25 kill points (~15 min): results/reliability.md
 	RELIABILITY_REPORT=results/reliability.md $(PY) -m pytest -q -m "" tests/reliability

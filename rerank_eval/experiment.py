@@ -52,7 +52,7 @@ class JobResult:
     output_dir: Path
     run_id: str | None = None
     counts: dict[str, float] = field(default_factory=dict)
-    latency_source: str = "none"  # measured, probe or none
+    latency_source: str = "none"  # measured, probe, none, or replayed:<run> (timings of another run)
 
 
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)

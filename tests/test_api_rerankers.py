@@ -60,6 +60,9 @@ def test_cohere_faults_leave_results_unchanged_and_cost_is_exact(dl19, tmp_path)
     # one search unit per query (20 documents), priced from the config
     assert rr.usage.counts["search_units"] == 8 and rr.usage.counts["api_requests"] == 8
     assert rr.usage.counts["api_cost_usd"] == pytest.approx(8 * 0.002)
+    # one retry layer: every request the server received is an attempt counted (the SDK's retries are off)
+    assert rr.usage.counts["api_attempts"] == len(emu.requests)
+    assert rr.usage.counts.get("api_unanswered", 0) == emu.injected["slow"] + emu.injected["reset"]
 
 
 def test_the_cost_ledger_of_an_api_job(tmp_path):

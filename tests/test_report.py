@@ -427,3 +427,17 @@ def test_the_diff_page_opens_in_a_real_browser(tmp_path):
     assert '<section class="query" data-query-id=' in dom and (
         "what do cats eat" in dom or "stock market news" in dom
     )
+
+
+def test_the_latency_column_names_its_device_and_never_mixes_two_silently():
+    from rerank_eval.report.tables import comparison_frame, markdown_table
+
+    first = np.array([0.4, 0.5, 0.6])
+    cpu = {"latency_device": "AMD EPYC (2 threads)"}
+    one = [record("a", "ce", first + 0.1, first, origin=cpu), record("b", "bi", first, first, origin=cpu)]
+    table = markdown_table(comparison_frame(one))
+    assert "Reranker latency measured on AMD EPYC (2 threads)." in table and "10.0 (" not in table
+    gpu = record("c", "ce2", first + 0.2, first, origin={"latency_device": "cuda:NVIDIA H200"})
+    table = markdown_table(comparison_frame([*one, gpu]))
+    assert "| 10.0 (AMD EPYC (2 threads)) |" in table and "| 10.0 (cuda:NVIDIA H200) |" in table
+    assert "comes from 2 devices" in table

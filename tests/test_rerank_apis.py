@@ -55,6 +55,9 @@ def test_faults_leave_the_ranking_unchanged_and_tokens_and_cost_are_exact(dl19, 
     assert rr.usage.counts["tokens"] == tokens and rr.usage.counts["api_requests"] == 8
     assert rr.usage.counts["api_cost_usd"] == pytest.approx(tokens * SERVICES[name][3] / 1e6)
     assert rr.name.startswith(f"{name}-") and f"|{emu.url}" in rr.identity
+    # one retry layer (the SDKs' retries are off): every request received was an attempt, and counted
+    assert rr.usage.counts["api_attempts"] == len(emu.requests) > 8
+    assert rr.usage.counts["api_unanswered"] == emu.injected["slow"] + emu.injected["reset"]
 
 
 @pytest.mark.parametrize("name", list(SERVICES))

@@ -241,7 +241,6 @@ def dense_corpus(tmp_path, copies=3):
 
 def test_dense_search_in_chunks_is_the_exact_search_and_the_vectors_are_memory_mapped(tmp_path, monkeypatch):
     import rerank_eval.retrievers.dense as dense
-    from rerank_eval.ranking import top_k
     from rerank_eval.types import Query
 
     ds = dense_corpus(tmp_path)
@@ -420,3 +419,91 @@ def test_hnsw_search_is_named_built_once_and_scores_its_candidates_exactly(tmp_p
         dense.DenseRetriever(search="hnsw")
     with pytest.raises(ConfigError, match="retriever.search must be exact or hnsw"):
         dense.DenseRetriever(search="ivf")
+
+
+def test_sharded_dense_and_hybrid_first_stages_equal_the_in_job_ones_byte_for_byte(tmp_path):
+    """A shard retrieves all of its queries in one call; a job retrieves one query a call: the lists, scores and
+    files are the same (dense scores are row-wise, never a BLAS product over a batch of queries). A hybrid's
+    fusion settings are part of its identity, so two settings never share a shard file."""
+    from rerank_eval.experiment import write_trec
+    from rerank_eval.retrievers.dense import DenseRetriever
+    from rerank_eval.retrievers.hybrid import HybridRetriever
+    from rerank_eval.shard import run_name, run_shard
+
+    ds = dense_corpus(tmp_path)
+    queries = ds.queries()
+    hybrid = HybridRetriever(
+        BM25Retriever(), DenseRetriever(), method="wsum", norm="min-max", params={"weights": [0.3, 0.7]}
+    )
+    for stage in (DenseRetriever(), hybrid):
+        out = tmp_path / stage.name
+        for i in (0, 1):
+            run_shard(ds, stage, "retrieve", i, 2, 7, out)
+        merged = run_shard(ds, stage, "merge", 0, 2, 7, out)
+        alone = {q.query_id: stage.retrieve([q], 7)[q.query_id] for q in queries}  # as a job asks: one a call
+        write_trec(alone, tmp_path / "alone.trec", stage.name, raw_scores=True)
+        assert merged.read_bytes() == (tmp_path / "alone.trec").read_bytes(), stage.name
+    other = HybridRetriever(
+        BM25Retriever(),
+        DenseRetriever(),
+        method="wsum",
+        norm="zmuv",
+        params={"weights": [0.9, 0.1]},
+        depth=50,
+    )
+    for changed in (
+        other,
+        HybridRetriever(
+            BM25Retriever(),
+            DenseRetriever(),
+            method="wsum",
+            norm="min-max",
+            params={"weights": [0.3, 0.7]},
+            depth=50,
+        ),
+    ):
+        assert changed.name == hybrid.name and changed.identity(ds) != hybrid.identity(ds)
+        assert run_name(ds, changed, 7) != run_name(ds, hybrid, 7)
+
+
+def test_a_bounded_build_that_differs_from_bm25s_falls_back_to_bm25s_own_index(tmp_path, monkeypatch, caplog):
+    """The bounded build calls bm25s's private scoring helpers; where a bm25s release changes what they compute
+    (here: the bounded build's scores moved by one part in 10^4) or their names, the sample check at build time
+    sees it and the index is bm25s's own, scored as bm25s does."""
+    import bm25s
+    from bm25s import scoring
+
+    import rerank_eval.retrievers.bm25 as bm25
+    from rerank_eval.types import Query
+
+    ds = dense_corpus(tmp_path)
+    queries = [Query("a", "cats"), Query("b", "rain tomorrow")]
+    real = BM25Retriever._bounded
+
+    def moved(self, docs, tok):
+        index, ids = real(self, docs, tok)
+        index.scores["data"] = index.scores["data"] * np.float32(1.0001)
+        return index, ids
+
+    monkeypatch.setattr(BM25Retriever, "_bounded", moved)
+    r = BM25Retriever()
+    r.index(ds)
+    assert "differs from bm25s.BM25.index on a sample" in caplog.text
+    reference = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+    reference.index(
+        r._tokenizer().tokenize([d.full_text for d in ds.corpus()], return_as="string", show_progress=False),
+        show_progress=False,
+    )
+    for toks in r.query_tokens(queries):
+        np.testing.assert_array_equal(r._index.get_scores(toks), reference.get_scores(toks))
+    monkeypatch.setattr(BM25Retriever, "_bounded", real)
+    monkeypatch.delattr(scoring, "_build_idf_array")  # renamed by a release: refused too, not a crash
+    monkeypatch.setattr(bm25, "cache_root", lambda: tmp_path / "renamed")
+    caplog.clear()
+    BM25Retriever().index(ds)
+    assert "differs from bm25s.BM25.index on a sample" in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr(bm25, "cache_root", lambda: tmp_path / "fresh")
+    caplog.clear()
+    BM25Retriever().index(ds)  # the real helpers: the check passes, the bounded build is kept
+    assert "differs" not in caplog.text

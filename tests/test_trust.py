@@ -131,6 +131,9 @@ def test_the_final_list_is_evaluated_at_top_k_and_top_k_siblings_share_one_compa
     a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert a["comparison"] == b["comparison"] and a["fingerprint"] != b["fingerprint"]
     assert two.counts["pairs_scored"] == 0  # the candidates were scored once, for both
+    # and timed once: the sibling's latency is the first job's, and says so
+    assert a["origin"]["latency_source"] == one.latency_source == "measured"
+    assert b["origin"]["latency_source"] == two.latency_source == f"replayed:{a['name']}"
     # context tokens: what the top-1 and top-2 documents would put into a prompt, counted with the named tokenizer
     from transformers import AutoTokenizer
 
@@ -305,8 +308,20 @@ def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
 
     def reused(*extra) -> bool:
         out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
-        job(out, *common, *extra)
-        return bool(json.loads((out / "metrics.json").read_text()).get("reused"))
+        res = job(out, *common, *extra)
+        summary = json.loads((out / "metrics.json").read_text())
+        if summary.get(
+            "reused"
+        ):  # the finished run's timings: labelled as replayed from it, never as measured
+            assert (
+                res.latency_source
+                == summary["origin"]["latency_source"]
+                in ("none", f"replayed:{res.run_id}")
+            )
+            replayed.append(res.latency_source)
+        return bool(summary.get("reused"))
+
+    replayed = []
 
     def append(path: Path, text: str):
         path.write_text(path.read_text() + text)
@@ -334,6 +349,7 @@ def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
         mutate()
         assert not reused(), f"a changed {what} was served the old result"
         assert reused(), f"after the {what} change, an unchanged rerun was not reused"
+    assert any(s.startswith("replayed:") for s in replayed)  # a measured latency came back, labelled replayed
 
 
 def test_resume_without_a_config_is_refused(tmp_path):

@@ -150,6 +150,7 @@ def plot_latency(records: Sequence[JobRecord], path: Path, metric: str = HEADLIN
         and "reranker_ms_mean" in r.latency
     ]
     datasets = list(dict.fromkeys(r.dataset for r in jobs)) or ["(no timed reranked jobs)"]
+    devices = sorted({r.origin.get("latency_device", "") for r in jobs} - {""})
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
         part = [r for r in jobs if r.dataset == d]
@@ -171,6 +172,8 @@ def plot_latency(records: Sequence[JobRecord], path: Path, metric: str = HEADLIN
                 zorder=2,
             )
             label = f"{_short(r.first_stage_name, 18)} + {_short(r.reranker, 18)}@{r.candidates}"
+            if len(devices) > 1:  # two devices on one axis: each point says which
+                label += f" [{_short(r.origin.get('latency_device', '?'), 24)}]"
             ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         front = pareto_front(pts)
         if front:
@@ -182,7 +185,8 @@ def plot_latency(records: Sequence[JobRecord], path: Path, metric: str = HEADLIN
             ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("reranker latency (ms/query, mean, 95% CI; measured ●, probed ▲, never replayed)")
+        where = f" on {_short(devices[0], 40)}" if len(devices) == 1 else ""
+        ax.set_xlabel(f"reranker latency{where} (ms/query, mean, 95% CI; measured ●, probed ▲, never replayed)")
         ax.set_ylabel(f"{metric} (95% CI)")
         ax.grid(alpha=0.3)
         ax.set_title(d, fontsize=10, loc="left")

@@ -34,7 +34,7 @@ class JobRecord:
     recall_curve: dict[int, float] = field(default_factory=dict)
     run_id: str | None = None
     comparison: str = ""  # jobs that differ only in top_k share it: one comparison, counted once by Holm
-    latency_source: str = "none"  # measured, probe or none
+    latency_source: str = "none"  # measured, probe, none, or replayed:<run> (timings of another run)
     analysis: dict[str, float] = field(default_factory=dict)  # see rerank_eval.analysis
     cost: dict[str, float] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)
