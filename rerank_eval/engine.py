@@ -848,10 +848,7 @@ class BiEncoder:
         if max_length:
             self.model.max_seq_length = int(max_length)
         self.batch_invariant = bool(batch_invariant)
-        self.identity = (
-            f"{self.name}|{model_identity(self.path)}|{dtype_name(self.dtype)}|len={self.model.max_seq_length}"
-            f"|{'invariant' if self.batch_invariant else 'batched'}|env={environment(device=self.device)}"
-        )
+        self.dtype_name = dtype_name(self.dtype)
         cuda = self.device.startswith("cuda")
         self.batch_tokens = int(batch_tokens or (65536 if cuda else 1024))
         self.min_fill = 0.0 if cuda else 0.7
@@ -862,6 +859,28 @@ class BiEncoder:
             self._fast = _plain_fast_tokenizer(tok)
             self._fast_ascii = _ascii_tokenizer(self._fast)
             self._cls, self._sep = tok("alpha")["input_ids"][0], tok("alpha")["input_ids"][-1]
+            self._check_packed()
+        self.identity = (
+            f"{self.name}|{model_identity(self.path)}|{dtype_name(self.dtype)}|len={self.model.max_seq_length}"
+            f"|{'invariant' if self.batch_invariant else 'batched'}|{'packed' if self._body else 'library'}"
+            f"|env={environment(device=self.device)}"
+        )
+
+    def _check_packed(self) -> None:
+        """Keep the packed runtime only where its vectors equal ``SentenceTransformer.encode``'s on probe texts
+        (one a forward); else encode through the library, with a note."""
+        probes = [a for pair in _truncation_probes(self.model.max_seq_length)[:6] for a in pair]
+        packed = self._encode_packed(probes, False)
+        own = self.model.encode(probes, batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
+        worst = float(np.abs(packed - own).max())
+        if not worst <= (1e-4 if self.dtype_name == "fp32" else 5e-2):
+            log.warning(
+                "%s: the packed runtime's vectors differ from SentenceTransformer.encode by %.3g on probe texts; "
+                "encoding through the library instead",
+                self.name,
+                worst,
+            )
+            self._body = None
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Unit-length fp32 embeddings of the texts, in input order."""

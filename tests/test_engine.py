@@ -252,3 +252,17 @@ def test_a_packed_runtime_that_departs_from_the_models_own_forward_is_refused(mo
         CrossEncoderEngine(str(CE_MODEL), max_length=64)
     monkeypatch.undo()
     assert CrossEncoderEngine(str(CE_MODEL), max_length=64).packed
+
+
+def test_a_bi_encoder_whose_packed_runtime_departs_encodes_through_the_library(monkeypatch, caplog):
+    import rerank_eval.engine as engine
+
+    real = engine._attention
+    monkeypatch.setattr(engine, "_attention", lambda *a: lambda q, k, v: 1.01 * real(*a)(q, k, v))
+    moved = engine.BiEncoder(engine.MINILM_ID)
+    assert moved._body is None and "encoding through the library instead" in caplog.text
+    monkeypatch.undo()
+    kept = engine.BiEncoder(engine.MINILM_ID)
+    assert kept._body is not None
+    texts = ["a cat sat", "the weather tomorrow " * 40]
+    np.testing.assert_allclose(moved.encode(texts), kept.encode(texts), atol=1e-5)

@@ -186,7 +186,9 @@ def plot_latency(records: Sequence[JobRecord], path: Path, metric: str = HEADLIN
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
         where = f" on {_short(devices[0], 40)}" if len(devices) == 1 else ""
-        ax.set_xlabel(f"reranker latency{where} (ms/query, mean, 95% CI; measured ●, probed ▲, never replayed)")
+        ax.set_xlabel(
+            f"reranker latency{where} (ms/query, mean, 95% CI; measured ●, probed ▲, never replayed)"
+        )
         ax.set_ylabel(f"{metric} (95% CI)")
         ax.grid(alpha=0.3)
         ax.set_title(d, fontsize=10, loc="left")
