@@ -267,10 +267,9 @@ class CrossEncoderEngine:
         if self._template is None:
             return "library"
         probes = _truncation_probes(self.max_length)
-        fast, _, cu = self._pack_cached(probes)
-        want = self._pack_library(probes)
+        got, want = self._pack_cached(probes), self._pack_library(probes)
         self._store.clear()
-        if np.array_equal(fast, want[0]) and np.array_equal(cu, want[2]):
+        if all(np.array_equal(a, b) for a, b in zip(got, want, strict=True)):  # ids, type ids, offsets
             return "cached"
         log.warning(
             "%s: the token cache's pair building differs from this tokenizers version's own pair encoding on a "
@@ -280,7 +279,9 @@ class CrossEncoderEngine:
         return "library"
 
     def _check_packed(self) -> None:
-        """Refuse a model whose packed runtime does not give its own forward's scores on a few probe pairs."""
+        """Keep the packed runtime only where it gives the model's own forward's scores on a few probe pairs; else
+        run the model's own forward on padded batches, with a note (a model ``CrossEncoder`` loads is never
+        refused)."""
         torch = self._torch
         ids, types, cu = self.pack(_truncation_probes(self.max_length)[:6])
         self._store.clear()
@@ -296,10 +297,13 @@ class CrossEncoderEngine:
         worst = float(np.abs(packed - own).max())
         tol = (1e-4 if self.dtype == torch.float32 else 5e-2) * max(1.0, float(np.abs(own).max()))
         if not worst <= tol:
-            raise BackendUnavailableError(
-                f"{self.name}: the packed runtime's scores differ from the model's own forward by {worst:.3g} on "
-                "probe pairs; pass reranker.packed=false"
+            log.warning(
+                "%s: the packed runtime's scores differ from the model's own forward by %.3g on probe pairs; "
+                "running the model's own forward instead",
+                self.name,
+                worst,
             )
+            self.packed, self._body, self._forward = False, None, self._forward_padded
 
     def _token_ids(self, texts: Sequence[str]) -> None:
         """Tokenize the texts not seen before, in batched calls (the Rust tokenizer directly when there is one;

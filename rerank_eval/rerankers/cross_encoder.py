@@ -57,7 +57,8 @@ class CrossEncoderReranker:
         self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{length}{batched}"
         self.identity = (
             f"cross-encoder|{files}|len={e.max_length}|{self.dtype}|act={activation}"
-            f"|{'invariant' if e.batch_invariant else 'batched'}|code={scoring_code('engine')}"
+            f"|{'invariant' if e.batch_invariant else 'batched'}|{'packed' if e.packed else 'padded'}"
+            f"|code={scoring_code('engine')}"
             f"|env={environment(device=e.device)}"
         )
         self.settings = {
