@@ -27,6 +27,7 @@ ENCODE_CHUNK = (
     4096  # documents encoded and saved at once: an interrupted build resumes from the last saved chunk
 )
 SEARCH_ROWS = 262_144  # corpus vectors multiplied at once in search
+SEARCH_QUERIES = 32  # query vectors multiplied at once with them (32 x 262,144 fp32 scores: 32 MiB)
 
 
 class DenseRetriever:
@@ -35,7 +36,7 @@ class DenseRetriever:
     The corpus is encoded once per (model, settings, corpus, code) into ``.cache/dense/`` a chunk at a time (a
     killed build resumes at its last saved chunk), and later jobs and processes memory-map the vectors. Search is
     exact: each (query, document) score is one row-wise fp32 dot product, ties broken by corpus order as everywhere (a
-    BLAS product over chunks of ``SEARCH_ROWS`` vectors only shortlists, with a proven margin: ``_shortlist``).
+    BLAS product over chunks of ``SEARCH_ROWS`` vectors only shortlists, with a proven margin: ``_shortlists``).
     ``search=hnsw`` asks a FAISS HNSW index (built once beside the vectors) for the candidates instead, an
     approximate search named in the retriever's name; their scores are still the exact inner products.
 
@@ -231,28 +232,29 @@ class DenseRetriever:
         if self._hnsw is not None:
             return self._approximate(queries, np.ascontiguousarray(q, dtype=np.float32), k)
         out: Ranking = {}
-        for query, vec in zip(queries, q, strict=True):
-            rows = self._shortlist(vec, k)
+        for query, vec, rows in zip(queries, q, self._shortlists(q, k), strict=True):
             out[query.query_id] = [
                 ScoredDoc(self._ids[int(d.doc_id)], d.score) for d in top_k(rows, self._exact(rows, vec), k)
             ]
         return out
 
-    def _shortlist(self, vec: np.ndarray, k: int) -> np.ndarray:
-        """Corpus rows, in corpus order, that hold the exact best ``k`` for ``vec``: every row whose BLAS score
-        comes within ``margin`` of the k-th best BLAS score of its chunk. Any two fp32 summation orders of a
-        d-term dot product differ by at most 2 * gamma_d * |q| * |d| (gamma_d = d u / (1 - d u), u = 2^-24), so
-        a row outside the shortlist cannot reach the k-th exact score, whatever the BLAS and however many
-        queries it multiplies at once."""
-        d = len(vec)
+    def _shortlists(self, q: np.ndarray, k: int) -> list[np.ndarray]:
+        """For each query vector, the corpus rows (in corpus order) that hold its exact best ``k``: every row whose
+        BLAS score comes within a margin of the k-th best BLAS score of its chunk. Any two fp32 summation orders of
+        a d-term dot product differ by at most 2 gamma_d |q| |d| (gamma_d = d u / (1 - d u), u = 2^-24), so a row
+        outside the shortlist cannot reach the k-th exact score, whatever the BLAS and however many queries it
+        multiplies at once. One pass over the corpus for all the queries."""
+        d = q.shape[1]
         gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
-        margin = 2.5 * gamma * float(np.linalg.norm(vec)) * self._max_norm
-        keep = []
+        margins = 2.5 * gamma * np.linalg.norm(q.astype(np.float64), axis=1) * self._max_norm
+        keep: list[list[np.ndarray]] = [[] for _ in q]
         for a in range(0, len(self._emb), SEARCH_ROWS):
-            s = np.asarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32) @ vec
-            kth = np.partition(s, len(s) - k)[len(s) - k] if k < len(s) else s.min()
-            keep.append(a + np.flatnonzero(s >= kth - margin))
-        return np.concatenate(keep)
+            block = np.asarray(self._emb[a : a + SEARCH_ROWS], dtype=np.float32)
+            for b in range(0, len(q), SEARCH_QUERIES):
+                for i, s in enumerate(q[b : b + SEARCH_QUERIES] @ block.T, start=b):
+                    kth = np.partition(s, len(s) - k)[len(s) - k] if k < len(s) else s.min()
+                    keep[i].append(a + np.flatnonzero(s >= kth - margins[i]))
+        return [np.concatenate(rows) for rows in keep]
 
     def _exact(self, rows: np.ndarray, vec: np.ndarray) -> np.ndarray:
         """Each row's score on its own: one fp32 product and one pairwise sum a row, the same arithmetic for every
