@@ -74,7 +74,7 @@ lint: venv  ## ruff
 	$(VENV)/bin/ruff check rerank_eval hydra_plugins tests
 
 perf: venv  ## throughput benchmark: results/perf.md
-	$(PY) -m rerank_eval.perf
+	$(PY) benchmarks/perf.py
 
 scale: venv  ## BM25 (50k-4M documents) and dense jobs on synthetic corpora, cold, warm, reranked: results/scale.md
 	$(PY) benchmarks/scale.py --bm25 '$(BM25_SIZES)' --dense '$(DENSE_SIZES)'

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from rerank_eval.datasets import BeirDirDataset
-from rerank_eval.experiment import write_trec
+from rerank_eval.job import write_trec
 from rerank_eval.pipeline import run_pipeline
 from rerank_eval.rerankers.cross_encoder import CrossEncoderReranker
 from rerank_eval.retrievers.bm25 import BM25Retriever

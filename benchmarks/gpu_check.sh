@@ -21,7 +21,7 @@ $PY -c "
 import torch; from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 torch.manual_seed(0); m = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained('.devcarry/ce-random'))
 m.save_pretrained('/tmp/ce-random'); AutoTokenizer.from_pretrained('.devcarry/ce-random').save_pretrained('/tmp/ce-random')"
-P="$PY -m rerank_eval.perf --device ${DEVICE:-cuda} --model /tmp/ce-random ${PAIRS:+--pairs $PAIRS}"
+P="$PY benchmarks/perf.py --device ${DEVICE:-cuda} --model /tmp/ce-random ${PAIRS:+--pairs $PAIRS}"
 step() {  # name, time limit, perf arguments... (the log is kept only when the step fails)
   local name=$1 limit=$2
   shift 2

@@ -11,8 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from perf import _data_root, _sync, dl19_pairs  # benchmarks/perf.py (this folder)
+
 from rerank_eval.engine import CrossEncoderEngine
-from rerank_eval.perf import _data_root, _sync, dl19_pairs
 
 
 def best(fn, repeat=3):

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     """``rerank-eval-ask [overrides] "a question"`` (``--`` before a question that looks like an override)."""
     from hydra import compose, initialize_config_module
 
-    from .cli import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
+    from .console import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
 
     @friendly_errors
     def _main(args: list[str]) -> None:

@@ -6,14 +6,21 @@ a config cannot run arbitrary code.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, RerankEvalError
+from .evaluation import parse_metrics
+from .job.spec import CONFIG_KEYS, JobSpec, check_options
 
 PACKAGE = "rerank_eval."
+CONF_MODULE = (
+    "rerank_eval.conf"  # the shipped configs, package data: Hydra reads them as pkg://rerank_eval.conf
+)
 SECRET_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|password)$")  # key names that hold secrets
 
 
@@ -94,6 +101,78 @@ def build_components(cfg: Any) -> Components:
     retriever = build(cfg.retriever, "retriever")
     reranker = build(cfg.reranker, "reranker") if cfg.reranker is not None else None
     return Components(dataset, retriever, reranker)
+
+
+def resolved_config(cfg: Any) -> dict:
+    """The job's config as plain data, without Hydra's own section."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    plain.pop("hydra", None)
+    return plain
+
+
+def conf_dir() -> Path:
+    """The shipped config folder (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files(CONF_MODULE)))
+
+
+def studies_dir() -> Path | None:
+    """The repository's own studies: ``conf/`` beside the package in a checkout (``conf/experiment/bench.yaml``),
+    None in an installed wheel, which carries only the reusable groups."""
+    folder = Path(__file__).resolve().parent.parent / "conf"
+    return folder if (folder / "experiment").is_dir() else None
+
+
+@functools.cache
+def shipped_options() -> dict[str, Any]:
+    """The job options' defaults: the shipped ``config.yaml``, the one place they are set."""
+    import yaml
+
+    plain = yaml.safe_load((conf_dir() / "config.yaml").read_text(encoding="utf-8"))
+    return {name: _get(plain, key) for name, key in CONFIG_KEYS.items()}
+
+
+def job_options(plain: Mapping[str, Any]) -> dict[str, Any]:
+    """``JobSpec``'s options from a resolved config: the keys it sets over the shipped defaults, checked."""
+    options = dict(shipped_options())
+    for name, key in CONFIG_KEYS.items():
+        value = _get(plain, key, MISSING)
+        if value is not MISSING:
+            options[name] = value
+    options["metrics"] = tuple(
+        parse_metrics(options["metrics"])
+    )  # an unknown metric fails before models load
+    check_options(options)
+    return options
+
+
+def job_spec(dataset: Any, retriever: Any, reranker: Any, **options: Any) -> JobSpec:
+    """A ``JobSpec`` in Python: the shipped defaults for every option not given (``top_k=5``, ``metrics=[...]``)."""
+    return JobSpec(dataset, retriever, reranker, **{**shipped_options(), **options})
+
+
+def spec_from_config(cfg: Any) -> JobSpec:
+    """The job a composed config describes: options checked first, then the dataset, first stage and reranker
+    built."""
+    plain = resolved_config(cfg)
+    options = job_options(plain)
+    comps = build_components(cfg)
+    return JobSpec(comps.dataset, comps.retriever, comps.reranker, **options, config=plain)
+
+
+MISSING = object()
+
+
+def _get(plain: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = plain
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:

@@ -56,7 +56,7 @@ def run_shard(
         retriever.index(dataset)
         path = shard_file(out, run_name(dataset, retriever, candidates), shard, shards)
         out.mkdir(parents=True, exist_ok=True)
-        from .experiment import write_trec
+        from .job import write_trec
 
         ranking = retriever.retrieve(queries, candidates) if queries else {}
         write_trec(ranking, path, retriever.name, raw_scores=True)
@@ -83,7 +83,7 @@ def main() -> None:
     """``rerank-eval-shard [overrides]`` (the config is conf/shard.yaml)."""
     import hydra
 
-    from .cli import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
+    from .console import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
 
     full_errors()
 

@@ -20,8 +20,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from .cli import PARENT_ENV
-
+PARENT_ENV = (
+    "RERANK_EVAL_PARENT_RUN"  # the sweep's MLflow parent run, handed to its jobs (and launchers' workers)
+)
 log = logging.getLogger("rerank_eval")
 
 

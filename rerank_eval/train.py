@@ -188,7 +188,7 @@ def main() -> None:
     """``rerank-eval-train [overrides]`` (or ``python -m rerank_eval.train``; the recipe is conf/train.yaml)."""
     import hydra
 
-    from .cli import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
+    from .console import CONF_MODULE, check_no_secret_inputs, friendly_errors, full_errors
 
     full_errors()
 

@@ -28,7 +28,8 @@ def main() -> int:
         pairs = _truncation_probes(max_length) + [(words, words[: len(words) // 2]), (words[:999], words)]
         ids, _, cu = eng.pack(pairs)
         same_ids = all(
-            ids[cu[i] : cu[i + 1]].tolist() == ce.tokenizer(a, b, truncation=True, max_length=max_length)["input_ids"]
+            ids[cu[i] : cu[i + 1]].tolist()
+            == ce.tokenizer(a, b, truncation=True, max_length=max_length)["input_ids"]
             for i, (a, b) in enumerate(pairs)
         )
         diff = float(np.abs(eng.score_pairs(pairs) - ce.predict(pairs, batch_size=1)).max())

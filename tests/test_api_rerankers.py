@@ -70,22 +70,25 @@ def test_the_cost_ledger_of_an_api_job(tmp_path):
 
     from conftest import TINY
 
+    from rerank_eval.config import job_spec
     from rerank_eval.datasets import BeirDirDataset
     from rerank_eval.evaluation import parse_metrics
-    from rerank_eval.experiment import run_experiment
+    from rerank_eval.job import run_job
     from rerank_eval.retrievers.bm25 import BM25Retriever
 
     with CohereEmulator(key=COHERE_KEY) as emu:
         rr = CohereReranker(base_url=emu.url, price_per_search_unit=0.002, prices_as_of="2024-12")
-        res = run_experiment(
-            BeirDirDataset(TINY, name="tiny"),
-            BM25Retriever(),
-            rr,
-            candidates=3,
-            top_k=2,
-            metrics=parse_metrics(["ndcg@10"]),
-            output_dir=tmp_path / "j",
-            context_tokenizer=None,
+        res = run_job(
+            job_spec(
+                BeirDirDataset(TINY, name="tiny"),
+                BM25Retriever(),
+                rr,
+                candidates=3,
+                top_k=2,
+                metrics=parse_metrics(["ndcg@10"]),
+                context_tokenizer=None,
+            ),
+            tmp_path / "j",
         )
     s = json.loads((tmp_path / "j" / "metrics.json").read_text())
     # two queries, one search unit each (3 documents), $0.002 a unit

@@ -6,8 +6,15 @@ import pytest
 from conftest import CE_MODEL
 from hydra import compose, initialize_config_module
 
-from rerank_eval.cli import CONF_MODULE, conf_dir
-from rerank_eval.config import build, build_components, check_no_secrets, flatten
+from rerank_eval.config import (
+    CONF_MODULE,
+    build,
+    build_components,
+    check_no_secrets,
+    conf_dir,
+    flatten,
+    studies_dir,
+)
 from rerank_eval.datasets import BeirDirDataset, IrDatasetsDataset
 from rerank_eval.errors import ConfigError
 
@@ -178,10 +185,27 @@ def test_the_bench_study_lists_its_pipelines_and_joins_api_rerankers_only_with_t
             assert cfg.candidates == 100 and cfg.mlflow.experiment == "bench" and cfg.report.study == "bench"
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (studies_dir() / "experiment").glob("*.yaml")))
 def test_every_study_composes(name):
     jobs, skipped = study(name, environ={})
     assert jobs or skipped
     with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         for job in jobs:
             compose("config", overrides=[f"+experiment={name}", *job])
+
+
+def test_the_repositorys_studies_are_found_from_any_folder(tmp_path):
+    """conf/experiment/ sits at the top of the checkout, outside the package: Hydra finds it through the search
+    path plugin, also when rerank-eval runs in another folder."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "rerank-eval"
+    proc = subprocess.run(
+        [str(exe), "+experiment=bench", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "study: bench" in proc.stdout and "experiment: bench" in proc.stdout
+    assert (
+        not (conf_dir() / "experiment").exists() and (studies_dir() / "experiment" / "bench.yaml").is_file()
+    )

@@ -194,7 +194,8 @@ def test_missing_folder_and_split(tmp_path):
 IRDS_CHECK = """
 import json, sys
 from rerank_eval.datasets import load_dataset
-from rerank_eval.experiment import run_experiment
+from rerank_eval.config import job_spec
+from rerank_eval.job import run_job
 from rerank_eval.evaluation import parse_metrics
 from rerank_eval.retrievers.bm25 import BM25Retriever
 
@@ -209,8 +210,8 @@ out = {
     "count": len(ids),
 }
 for name, ds in (("irds", irds), ("local", local)):
-    res = run_experiment(ds, BM25Retriever(), None, candidates=100, top_k=10, metrics=parse_metrics(["ndcg@10"]),
-                         output_dir=sys.argv[1] + "/" + name, progress=False)
+    spec = job_spec(ds, BM25Retriever(), None, candidates=100, top_k=10, metrics=["ndcg@10"], progress=False)
+    res = run_job(spec, sys.argv[1] + "/" + name)
     out[name] = res.metrics["ndcg@10"]
 print(json.dumps(out))
 """

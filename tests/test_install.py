@@ -49,7 +49,9 @@ def test_the_wheel_runs_a_job_from_an_empty_folder_with_a_user_config_group(tmp_
     (metrics,) = work.glob("outputs/*/*/metrics.json")
     assert (metrics.parent / "run.trec").is_file()
     site = next((venv / "lib").glob("python*/site-packages"))
-    assert (site / "rerank_eval" / "conf" / "experiment" / "bench.yaml").is_file()
+    # the wheel carries the reusable groups, not the repository's own studies (conf/experiment/ in a checkout)
+    assert (site / "rerank_eval" / "conf" / "reranker" / "cross_encoder.yaml").is_file()
+    assert not (site / "rerank_eval" / "conf" / "experiment").exists()
     assert not [
         p for p in (site.parent, site, venv) for n in ("outputs", "mlruns.db", ".cache") if (p / n).exists()
     ]

@@ -11,7 +11,7 @@ import torch
 from conftest import SHARED
 from omegaconf import OmegaConf
 
-from rerank_eval.cli import conf_dir
+from rerank_eval.config import conf_dir
 from rerank_eval.errors import BackendUnavailableError, ConfigError
 from rerank_eval.rerankers.causal_lm import CausalLMReranker
 from rerank_eval.rerankers.seq2seq import Seq2SeqReranker

@@ -336,7 +336,7 @@ def test_dense_encoding_in_shards_joins_into_the_one_pass_vectors(tmp_path, monk
 
 
 def test_retrieval_in_shards_merges_into_the_run_one_pass_writes(scifact, tmp_path):
-    from rerank_eval.experiment import write_trec
+    from rerank_eval.job import write_trec
     from rerank_eval.retrievers.run_file import RunFileRetriever
     from rerank_eval.shard import run_shard
 
@@ -425,7 +425,7 @@ def test_sharded_dense_and_hybrid_first_stages_equal_the_in_job_ones_byte_for_by
     """A shard retrieves all of its queries in one call; a job retrieves one query a call: the lists, scores and
     files are the same (dense scores are row-wise, never a BLAS product over a batch of queries). A hybrid's
     fusion settings are part of its identity, so two settings never share a shard file."""
-    from rerank_eval.experiment import write_trec
+    from rerank_eval.job import write_trec
     from rerank_eval.retrievers.dense import DenseRetriever
     from rerank_eval.retrievers.hybrid import HybridRetriever
     from rerank_eval.shard import run_name, run_shard

@@ -18,11 +18,12 @@ import pytest
 import pytrec_eval
 from conftest import CE_MODEL, DL19_CE, TINY
 
-from rerank_eval.cli import CONF_MODULE, run_from_config
+from rerank_eval.cli import run_from_config
+from rerank_eval.config import CONF_MODULE, job_spec
 from rerank_eval.datasets import BeirDirDataset
 from rerank_eval.errors import ConfigError, RerankEvalError
 from rerank_eval.evaluation import parse_metrics
-from rerank_eval.experiment import run_experiment
+from rerank_eval.job import CandidateShare, run_job
 from rerank_eval.retrievers.bm25 import BM25Retriever
 from rerank_eval.retrievers.run_file import RunFileRetriever
 
@@ -89,16 +90,18 @@ def rescore(run_file: Path, qrels, metrics, level):
 
 def bm25_job(dataset, out, metrics, **kw):
     """BM25's top 5 with no reranker, cut to 2, no context tokens: the plain job of the judgement tests."""
-    return run_experiment(
-        dataset,
-        BM25Retriever(),
-        None,
-        candidates=5,
-        top_k=2,
-        metrics=metrics,
-        output_dir=out,
-        context_tokenizer=None,
-        **kw,
+    return run_job(
+        job_spec(
+            dataset,
+            BM25Retriever(),
+            None,
+            candidates=5,
+            top_k=2,
+            metrics=metrics,
+            context_tokenizer=None,
+            **kw,
+        ),
+        out,
     )
 
 
@@ -114,8 +117,9 @@ def test_the_final_list_is_evaluated_at_top_k_and_top_k_siblings_share_one_compa
         latency_probe=0,
         context_tokenizer="sentence-transformers/all-MiniLM-L6-v2",
     )
-    one = run_experiment(ds, BM25Retriever(), GradeReranker(), top_k=1, output_dir=tmp_path / "a", **kw)
-    two = run_experiment(ds, BM25Retriever(), GradeReranker(), top_k=2, output_dir=tmp_path / "b", **kw)
+    share = CandidateShare()  # what a sweep hands its jobs
+    one = run_job(job_spec(ds, BM25Retriever(), GradeReranker(), top_k=1, **kw), tmp_path / "a", share=share)
+    two = run_job(job_spec(ds, BM25Retriever(), GradeReranker(), top_k=2, **kw), tmp_path / "b", share=share)
     run = {}
     for line in (tmp_path / "a" / "run.trec").read_text().splitlines():
         q, _, d, rank, _, _ = line.split()
@@ -149,6 +153,10 @@ def test_the_final_list_is_evaluated_at_top_k_and_top_k_siblings_share_one_compa
     )
     assert two.counts["context_tokens"] == pytest.approx(want)
     assert a["origin"]["context_tokenizer"] == "sentence-transformers/all-MiniLM-L6-v2"
+    # no hidden state: the same sibling without the share ranks (and times) its own candidates
+    alone = run_job(job_spec(ds, BM25Retriever(), GradeReranker(), top_k=2, **kw), tmp_path / "c")
+    assert alone.counts["pairs_scored"] > 0 and alone.latency_source == "measured"
+    assert alone.metrics == two.metrics
 
 
 def test_the_context_tokenizer_counts_as_transformers_does_on_real_collections(scifact, dl19):
@@ -157,7 +165,7 @@ def test_the_context_tokenizer_counts_as_transformers_does_on_real_collections(s
     from transformers import AutoTokenizer
 
     from rerank_eval.engine import resolve_model
-    from rerank_eval.experiment import _tokenizer
+    from rerank_eval.job.analyse import context_tokenizer as _tokenizer
     from rerank_eval.lengths import count_tokens
 
     name = "sentence-transformers/all-MiniLM-L6-v2"
@@ -285,7 +293,7 @@ def test_a_probe_finds_a_stale_cache(tmp_path):
 
 def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
     """A mutation table: each ingredient changed in turn makes the job run again; unchanged, it is reused."""
-    import rerank_eval.experiment as experiment
+    import rerank_eval.job.identify as identify
     import rerank_eval.provenance as provenance
 
     data = tiny_copy(tmp_path)
@@ -337,7 +345,7 @@ def test_every_ingredient_of_a_figure_is_fingerprinted(tmp_path, monkeypatch):
         ),
         "run file": lambda: run_file.write_text(run_file.read_text().replace(" 1 ", " 1 ", 1) + "\n"),
         "model files": lambda: (model / "extra_config.json").write_text("{}"),
-        "code version": lambda: monkeypatch.setattr(experiment, "code_version", lambda: "9.9.9+other"),
+        "code version": lambda: monkeypatch.setattr(identify, "code_version", lambda: "9.9.9+other"),
         "a library's version": lambda: monkeypatch.setattr(
             provenance,
             "installed_version",
@@ -356,14 +364,16 @@ def test_resume_without_a_config_is_refused(tmp_path):
     from rerank_eval.tracking import Tracker
 
     with pytest.raises(ConfigError, match="resume needs the job's config"):
-        run_experiment(
-            BeirDirDataset(TINY),
-            BM25Retriever(),
-            None,
-            candidates=3,
-            top_k=1,
-            metrics=parse_metrics(["ndcg@10"]),
-            output_dir=tmp_path,
+        run_job(
+            job_spec(
+                BeirDirDataset(TINY),
+                BM25Retriever(),
+                None,
+                candidates=3,
+                top_k=1,
+                metrics=parse_metrics(["ndcg@10"]),
+            ),
+            tmp_path,
             tracker=Tracker("t"),
         )
 
@@ -409,15 +419,17 @@ def test_every_shipped_dl19_run_rescores_under_trec_eval(dl19, tmp_path, name):
     metrics = parse_metrics(
         ["ndcg@10", "ndcg@1", "mrr@10", "recall@100", "map@100", "judged@10", "precision@5"]
     )
-    res = run_experiment(
-        dl19,
-        RunFileRetriever(name=name),
-        None,
-        candidates=100,
-        top_k=5,
-        metrics=metrics,
-        output_dir=tmp_path,
-        context_tokenizer=None,
+    res = run_job(
+        job_spec(
+            dl19,
+            RunFileRetriever(name=name),
+            None,
+            candidates=100,
+            top_k=5,
+            metrics=metrics,
+            context_tokenizer=None,
+        ),
+        tmp_path,
     )
     per_query = pd.read_csv(tmp_path / "per_query.csv", index_col="query_id", dtype={"query_id": str})
     got = rescore(tmp_path / "run.trec", dl19.qrels(), metrics, 2)
@@ -429,15 +441,17 @@ def test_every_shipped_dl19_run_rescores_under_trec_eval(dl19, tmp_path, name):
 
 def test_a_heavily_tied_reranked_run_rescores_under_trec_eval(dl19, tmp_path):
     metrics = parse_metrics(["ndcg@10", "mrr@10", "map@100", "precision@5"])
-    res = run_experiment(
-        dl19,
-        RunFileRetriever(name="bm25"),
-        GradeReranker(),
-        candidates=30,
-        top_k=5,
-        metrics=metrics,
-        output_dir=tmp_path,
-        context_tokenizer=None,
+    res = run_job(
+        job_spec(
+            dl19,
+            RunFileRetriever(name="bm25"),
+            GradeReranker(),
+            candidates=30,
+            top_k=5,
+            metrics=metrics,
+            context_tokenizer=None,
+        ),
+        tmp_path,
     )
     raw = pd.read_csv(tmp_path / "run.scores.tsv", sep="\t", dtype={"query_id": str, "doc_id": str})
     assert raw.groupby("query_id")["score"].apply(lambda s: s.duplicated().mean()).mean() > 0.8  # ties
@@ -478,17 +492,19 @@ def test_empty_lists_and_short_lists_rescore_under_trec_eval_and_ir_measures(dl1
     trec_eval (which averages the queries in the run) count it too. judged@10 of a 3-document list divides by 3,
     as ir_measures does."""
     metrics = parse_metrics(["ndcg@10", "judged@10"])
-    res = run_experiment(
-        dl19,
-        RunFileRetriever(name="bm25"),
-        FailingOnSome(),
-        candidates=3,
-        top_k=3,
-        metrics=metrics,
-        output_dir=tmp_path,
-        context_tokenizer=None,
-        on_failure="zero",
-        latency_probe=0,
+    res = run_job(
+        job_spec(
+            dl19,
+            RunFileRetriever(name="bm25"),
+            FailingOnSome(),
+            candidates=3,
+            top_k=3,
+            metrics=metrics,
+            context_tokenizer=None,
+            on_failure="zero",
+            latency_probe=0,
+        ),
+        tmp_path,
     )
     per_query = pd.read_csv(tmp_path / "per_query.csv", index_col="query_id", dtype={"query_id": str})
     failed = [q for q in per_query.index if int(q) % 2]
@@ -519,15 +535,17 @@ def test_nan_scores_are_an_error_naming_the_reranker_and_the_query(tmp_path):
             return [float("nan")] + [1.0] * (len(docs) - 1)
 
     with pytest.raises(RerankEvalError, match=r"broken gave 1 non-finite score\(s\) \(nan\) for query q1"):
-        run_experiment(
-            BeirDirDataset(TINY),
-            BM25Retriever(),
-            NanReranker(),
-            candidates=3,
-            top_k=1,
-            metrics=parse_metrics(["ndcg@10"]),
-            output_dir=tmp_path,
-            context_tokenizer=None,
+        run_job(
+            job_spec(
+                BeirDirDataset(TINY),
+                BM25Retriever(),
+                NanReranker(),
+                candidates=3,
+                top_k=1,
+                metrics=parse_metrics(["ndcg@10"]),
+                context_tokenizer=None,
+            ),
+            tmp_path,
         )
     assert not (tmp_path / "metrics.json").exists()
 

@@ -67,7 +67,7 @@ def diff(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..cli import friendly_errors
+    from ..console import friendly_errors
 
     @friendly_errors
     def _main():

@@ -35,10 +35,30 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = tb.comparison_frame(records, metric, test)
     depth = frame["candidates"].nunique() > 1 or frame["top_k"].nunique() > 1
+    knees = tb.knees(records, knee_tolerance, test) if depth else []
+    lines = [
+        *_summary(records, frame, title, intro, test, metric, depth),
+        *_headroom(records),
+        *_judgements(records),
+        *_ties(records),
+        *_cost(records),
+        *_knees(knees, knee_tolerance),
+        *(_between(records, metric, test) if between else []),
+    ]
+    paths = [out_dir / "report.md", out_dir / "report.csv"]
+    shown = _plots(records, frame, knees, metric, depth, out_dir)
+    paths += [out_dir / n for n in shown]
+    lines += ["", *[f"![{n}]({n})" for n in shown]]
+    write_atomic(paths[0], "\n".join(lines) + "\n")
+    write_atomic(paths[1], frame.to_csv(index=False))
+    return paths
+
+
+def _summary(records, frame, title: str, intro: str, test: str, metric: str, depth: bool) -> list[str]:
     distinct = tb.distinct_comparisons(frame)
     best = tb.best_per_metric(records, [metric, *tb.TABLE_METRICS[1:]])
     test_name = "paired t-test" if test == "student" else "Fisher's randomization test"
-    lines = [
+    return [
         f"# {title}",
         "",
         *([intro, ""] if intro else []),
@@ -57,21 +77,28 @@ def write_report(
         *[f"- {m}: `{name}` ({value:.4f})" for m, (name, value) in best.items()],
         "",
     ]
+
+
+def _headroom(records) -> list[str]:
     headroom = tb.headroom_table(records)
-    if headroom:
-        lines += [
-            "## Where the headroom is",
-            "",
-            "The oracle reorders each job's candidates by their judgements: the best nDCG@10 any reranker of those "
-            "candidates could reach. Headroom captured = (reranked − first stage) / (oracle − first stage). The "
-            "loss against an ideal list (nDCG@10 = 1) splits into documents never retrieved (1 − oracle: no "
-            "reranker can fix it, only a deeper or better first stage) and documents misordered (oracle − "
-            "nDCG@10: the reranker's part), before and after reranking.",
-            "",
-            headroom,
-        ]
+    if not headroom:
+        return []
+    return [
+        "## Where the headroom is",
+        "",
+        "The oracle reorders each job's candidates by their judgements: the best nDCG@10 any reranker of those "
+        "candidates could reach. Headroom captured = (reranked − first stage) / (oracle − first stage). The "
+        "loss against an ideal list (nDCG@10 = 1) splits into documents never retrieved (1 − oracle: no "
+        "reranker can fix it, only a deeper or better first stage) and documents misordered (oracle − "
+        "nDCG@10: the reranker's part), before and after reranking.",
+        "",
+        headroom,
+    ]
+
+
+def _judgements(records) -> list[str]:
     judged, positives_only = tb.judgement_table(records)
-    lines += ["## What the judgements can say", ""]
+    lines = ["## What the judgements can say", ""]
     if judged:
         lines += [
             "Judged@10 of the first stage's and the reranked top 10, and the change in nDCG@10 on condensed lists "
@@ -87,7 +114,11 @@ def write_report(
             f"- {ds}: the qrels list only relevant documents (BEIR-style), so unjudged and non-relevant cannot be "
             "told apart: judged@k and condensed lists are not reported.",
         ]
-    lines.append("")
+    return [*lines, ""]
+
+
+def _ties(records) -> list[str]:
+    lines = []
     ties = tb.tie_table(records)
     if ties:
         lines += [
@@ -108,50 +139,62 @@ def write_report(
             "",
             lengths,
         ]
+    return lines
+
+
+def _cost(records) -> list[str]:
     cost = tb.cost_table(records)
-    if cost:
-        lines += [
-            "## Cost",
-            "",
-            "Per job: reranker latency p50/p95 (measured or probed ᵖ), candidate pairs, tokens the model read (a "
-            "local model: query, document and special tokens after truncation; an API: the tokens it billed), "
-            "device seconds per 1,000 queries (a local model's reranking time: measured on every query, or the "
-            "probe's mean times the queries), dollars per 1,000 queries (API list prices in the reranker's config, "
-            "dated there), and nDCG@10 gained per device second or per dollar (the mean gain over one query's "
-            "cost).",
-            "",
-            cost,
-        ]
-    knees = tb.knees(records, knee_tolerance, test) if depth else []
-    if knees:
-        lines += [
-            "## Depth knee",
-            "",
-            f"Per reranker, each depth against the best depth: the knee is the smallest depth whose nDCG@10 is, "
-            f"with 95% confidence (the lower end of the paired bootstrap interval), at most {knee_tolerance:g} "
-            "below the best depth's.",
-            "",
-            *[
-                f"- {k['dataset']}: {k['first stage']} + {k['reranker']}: knee at depth **{k['knee']}**"
-                for k in knees
-            ],
-            "",
-            tb.knee_table(knees, knee_tolerance),
-        ]
-    if between:
-        pairs = tb.between_frame(records, metric, test)
-        lines += ["## Rerankers against each other", ""]
-        lines += (
-            [
-                "Paired over the same candidates (dataset, first stage, depth); Holm-adjusted across these "
-                f"{len(pairs)} comparisons; † marks p < 0.05.",
-                "",
-                tb.between_table(pairs, metric),
-            ]
-            if len(pairs)
-            else ["(no two rerankers over the same candidates)", ""]
-        )
-    paths = [out_dir / "report.md", out_dir / "report.csv"]
+    if not cost:
+        return []
+    return [
+        "## Cost",
+        "",
+        "Per job: reranker latency p50/p95 (measured or probed ᵖ), candidate pairs, tokens the model read (a "
+        "local model: query, document and special tokens after truncation; an API: the tokens it billed), "
+        "device seconds per 1,000 queries (a local model's reranking time: measured on every query, or the "
+        "probe's mean times the queries), dollars per 1,000 queries (API list prices in the reranker's config, "
+        "dated there), and nDCG@10 gained per device second or per dollar (the mean gain over one query's "
+        "cost).",
+        "",
+        cost,
+    ]
+
+
+def _knees(knees: list, knee_tolerance: float) -> list[str]:
+    if not knees:
+        return []
+    return [
+        "## Depth knee",
+        "",
+        f"Per reranker, each depth against the best depth: the knee is the smallest depth whose nDCG@10 is, "
+        f"with 95% confidence (the lower end of the paired bootstrap interval), at most {knee_tolerance:g} "
+        "below the best depth's.",
+        "",
+        *[
+            f"- {k['dataset']}: {k['first stage']} + {k['reranker']}: knee at depth **{k['knee']}**"
+            for k in knees
+        ],
+        "",
+        tb.knee_table(knees, knee_tolerance),
+    ]
+
+
+def _between(records, metric: str, test: str) -> list[str]:
+    pairs = tb.between_frame(records, metric, test)
+    if not len(pairs):
+        return ["## Rerankers against each other", "", "(no two rerankers over the same candidates)", ""]
+    return [
+        "## Rerankers against each other",
+        "",
+        "Paired over the same candidates (dataset, first stage, depth); Holm-adjusted across these "
+        f"{len(pairs)} comparisons; † marks p < 0.05.",
+        "",
+        tb.between_table(pairs, metric),
+    ]
+
+
+def _plots(records, frame, knees: list, metric: str, depth: bool, out_dir: Path) -> list[str]:
+    """Draw the plots; the names of those drawn (a plot with nothing to show is left out)."""
     drawn = {}
     if depth:
         drawn["depth.png"] = lambda p: plots.plot_depth(records, knees, p, metric)
@@ -160,12 +203,4 @@ def write_report(
     drawn["latency.png"] = lambda p: plots.plot_latency(records, p, metric)
     drawn["recall.png"] = lambda p: plots.plot_recall(records, p)
     drawn["lengths.png"] = lambda p: plots.plot_lengths(records, p)
-    shown = []
-    for name, draw in drawn.items():
-        if draw(out_dir / name) is not False:
-            paths.append(out_dir / name)
-            shown.append(name)
-    lines += ["", *[f"![{n}]({n})" for n in shown]]
-    write_atomic(paths[0], "\n".join(lines) + "\n")
-    write_atomic(paths[1], frame.to_csv(index=False))
-    return paths
+    return [name for name, draw in drawn.items() if draw(out_dir / name) is not False]

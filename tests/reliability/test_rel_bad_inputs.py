@@ -545,12 +545,12 @@ def test_catalogue_size():
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    from rerank_eval import experiment
+    from rerank_eval.job import evaluate
 
     def broken(*a, **k):
         return 1 / 0
 
-    monkeypatch.setattr(experiment, "paired_test", broken)
+    monkeypatch.setattr(evaluate, "paired_test", broken)
     res = run_cli(TINY_NONE, tmp_path / "out", monkeypatch, store_env(tmp_path))
     assert res.code == 1 and "Traceback" in res.stderr and "ZeroDivisionError" in res.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()

@@ -30,13 +30,13 @@ THROUGHPUT = {"dtype": "auto", "batch_invariant": False}
 def _data_root(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    from .paths import data_roots
+    from rerank_eval.paths import data_roots
 
     return next((r for r in data_roots() if (r / "msmarco-dl19-passage").is_dir()), data_roots()[-1])
 
 
 def dl19_pairs(root: Path, limit: int | None = None) -> list[tuple[str, str]]:
-    from .datasets import BeirDirDataset
+    from rerank_eval.datasets import BeirDirDataset
 
     ds = BeirDirDataset(root / "msmarco-dl19-passage")
     queries = {q.query_id: q.text for q in ds.queries()}
@@ -66,7 +66,7 @@ def _engine_child(model, pairs, device, batch_tokens, compile, packed, queue):
     """Score the pairs in a fresh process and report its peak memory (RSS, or CUDA allocations)."""
     import torch
 
-    from .engine import CrossEncoderEngine
+    from rerank_eval.engine import CrossEncoderEngine
 
     eng = CrossEncoderEngine(
         model, device=device, batch_tokens=batch_tokens, compile=compile, packed=packed, **THROUGHPUT
@@ -92,7 +92,7 @@ def cross_encoder_section(
 ) -> dict:
     import torch
 
-    from .engine import CrossEncoderEngine
+    from rerank_eval.engine import CrossEncoderEngine
 
     res: dict = {"pairs": len(pairs), "model": model, "device": device}
     warm = pairs[-64:]
@@ -260,8 +260,9 @@ def _top10_agreement(pairs, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bm25_section(root: Path) -> dict:
-    from .datasets import BeirDirDataset
-    from .evaluation import evaluate, parse_metrics
+    from rerank_eval.datasets import BeirDirDataset
+    from rerank_eval.evaluation import evaluate, parse_metrics
+
     from .retrievers.bm25 import BM25Retriever
 
     ds = BeirDirDataset(root / "scifact")
@@ -285,8 +286,8 @@ def bm25_section(root: Path) -> dict:
 def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from .datasets import BeirDirDataset
-    from .engine import BiEncoder
+    from rerank_eval.datasets import BeirDirDataset
+    from rerank_eval.engine import BiEncoder
 
     texts = [d.full_text for d in BeirDirDataset(root / "scifact").corpus()][:n_docs]
     ours = BiEncoder(model, device=device, **THROUGHPUT)
@@ -398,10 +399,10 @@ def render(res: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from .paths import results_dir, shared_dir
+    from rerank_eval.paths import results_dir, shared_dir
 
     ap = argparse.ArgumentParser(
-        prog="python -m rerank_eval.perf",
+        prog="python benchmarks/perf.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -422,13 +423,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bi-model", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--out", default=str(results_dir() / "perf.md"))
     args = ap.parse_args(argv)
-    from .engine import pick_device
+    from rerank_eval.engine import pick_device
 
     device = pick_device(args.device)
     root = _data_root(args.data)
     sections = set(args.sections.split(","))
     res: dict = {
-        "command": "python -m rerank_eval.perf "
+        "command": "python benchmarks/perf.py "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "threads": torch.get_num_threads(),
