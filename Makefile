@@ -26,7 +26,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv with exactly the versions in requirements.lock (CPU torch; see README for CUDA)
+venv: $(VENV)/.installed  ## create .venv with exactly the versions in requirements.lock (CPU torch; docs/environment.md for CUDA)
 
 lock:  ## refresh requirements.lock: the newest versions pyproject.toml's bounds allow, with hashes
 	$(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install -q "$(UV_SPEC)"

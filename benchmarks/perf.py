@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # perf measures the engine's throughput mode: bf16 where the hardware has it, packed batches. Evaluation jobs default
-# to fp32, one pair a forward (scores independent of batching); README "What the figures mean" gives that cost.
+# to fp32, one pair a forward (scores independent of batching); docs/figures.md ("Precision") gives that cost.
 THROUGHPUT = {"dtype": "auto", "batch_invariant": False}
 
 

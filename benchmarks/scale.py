@@ -222,7 +222,7 @@ def dense_section(source: str, sizes: list[int], args, work: Path) -> list[str]:
         "",
         f"At the largest size's rate, encoding {big:,} documents (MS MARCO passage's count) on this CPU would "
         f"take {big / rate / 3600:.0f} h, and its vectors {big * per_doc / 2**30:.1f} GB on disk "
-        "(memory-mapped; fp16 storage halves it): the sharded path on GPUs (README, Scale) is the way there.",
+        "(memory-mapped; fp16 storage halves it): the sharded path on GPUs (docs/scale.md) is the way there.",
     ]
     return lines + [""]
 

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
 
     @friendly_errors
     def _main(args: list[str]) -> None:
+        if args[:1] in (["-h"], ["--help"]):
+            print(__doc__.replace("``", "").strip())
+            return
         full_errors()
         with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
             keys = set(compose("config")) | {"hydra"}

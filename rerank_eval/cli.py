@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback (``console``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -13,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONF_MODULE
-from .console import check_no_secret_inputs, friendly_errors, full_errors
-from .errors import ConfigError
+from .console import check_no_secret_inputs, friendly_errors, full_errors, quiet_terminal
+from .errors import RerankEvalError
 
-FLAGS = ("cache.enabled", "mlflow.enabled")
 log = logging.getLogger("rerank_eval")
 
 
@@ -28,18 +28,15 @@ def run_from_config(
     import yaml
 
     from .cache import ScoreCache
-    from .config import flatten, resolved_config, spec_from_config
+    from .config import check_config, flatten, spec_from_config
     from .files import write_atomic
     from .job import run_job
     from .paths import cache_root
     from .sweep import PARENT_ENV
     from .tracking import tracker_for
 
-    plain = resolved_config(cfg)
-    for flag in FLAGS:
-        section, key = flag.split(".")
-        if not isinstance((plain.get(section) or {}).get(key, True), bool):
-            raise ConfigError(f"{flag} must be true or false, got {plain[section][key]!r}")
+    plain = check_config(cfg)
+    use_threads(plain.get("threads"))
     spec = spec_from_config(cfg)
     cache_cfg = plain.get("cache") or {}
     cache = ScoreCache(
@@ -64,6 +61,32 @@ def run_from_config(
         cache.close()
 
 
+def use_threads(threads: int | None) -> None:
+    """Run the job's torch, OpenMP and MKL work on this many threads (None: leave the defaults). Torch reads the
+    variables when it loads; a sweep's later jobs find it loaded and are set directly."""
+    if threads is None:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+UNSTARTED = {".hydra", "config.yaml"}  # what a job folder holds before its job computes anything (and logs)
+
+
+def discard_unstarted(folder: Path) -> None:
+    """Remove the folder of a job refused before it computed anything (Hydra's .hydra/, the log, the config),
+    and its date folder when that is left empty; a folder holding anything else is kept."""
+    import shutil
+
+    if not folder.is_dir() or any(p.name not in UNSTARTED and p.suffix != ".log" for p in folder.iterdir()):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only when empty: a sweep's folder keeps multirun.yaml and its jobs
+        folder.parent.rmdir()
+
+
 def _setup_logging() -> None:
     for name in ("httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "alembic", "bm25s"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -74,6 +97,7 @@ def main() -> None:
     """``rerank-eval [overrides]`` (or ``python -m rerank_eval``): one job, or a sweep with ``-m``."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import OmegaConfBaseException
 
     from .job import CandidateShare
 
@@ -85,7 +109,13 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="config")
     @friendly_errors
     def _job(cfg) -> float:
-        res = run_from_config(cfg, HydraConfig.get().runtime.output_dir, share=share)
+        quiet_terminal()
+        out = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            res = run_from_config(cfg, out, share=share)
+        except (RerankEvalError, OmegaConfBaseException):  # refused (a missing value is found on first read)
+            discard_unstarted(out)
+            raise
         key = "ndcg@10" if "ndcg@10" in res.metrics else next(iter(res.metrics))
         ms = res.latency.get("reranker_ms_mean")
         cost = (

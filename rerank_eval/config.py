@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RerankEvalError
+from .errors import ConfigError, RerankEvalError, check_whole, did_you_mean
 from .evaluation import parse_metrics
 from .job.spec import CONFIG_KEYS, JobSpec, check_options
 
@@ -37,11 +37,34 @@ def _check_targets(node: Any, where: str) -> None:
                 f"{where}._target_={target} is outside the rerank_eval package; only "
                 f"rerank_eval.* constructors may be named in configs"
             )
+        if target is not None:
+            _check_arguments(node, str(target), where)
         for k, v in node.items():
             _check_targets(v, f"{where}.{k}")
     elif isinstance(node, list | tuple):
         for i, v in enumerate(node):
             _check_targets(v, f"{where}[{i}]")
+
+
+def _check_arguments(node: Mapping, target: str, where: str) -> None:
+    """Refuse a key the constructor does not take, with the closest one it does take."""
+    import importlib
+    import inspect
+
+    module, _, name = target.rpartition(".")
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # instantiate names a target it cannot find
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [p for p in params if p not in ("self", "cls")]
+    for key in node:
+        if not str(key).startswith("_") and key not in known:
+            guess = did_you_mean(f"{where}.{key}", [f"{where}.{k}" for k in known])
+            raise ConfigError(
+                f"{where}.{key} is not an option of {name}{guess}; its options: {', '.join(known) or 'none'}"
+            )
 
 
 def is_secret_key(name: str) -> bool:
@@ -84,7 +107,9 @@ def build(node: Any, where: str) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from e
+        first = e.__cause__
+        why = f"{type(first).__name__}: {first}" if first is not None else str(e)
+        raise ConfigError(f"{where}: {plain['_target_']} could not be built: {' '.join(why.split())}") from e
 
 
 @dataclass
@@ -152,6 +177,32 @@ def job_options(plain: Mapping[str, Any]) -> dict[str, Any]:
 def job_spec(dataset: Any, retriever: Any, reranker: Any, **options: Any) -> JobSpec:
     """A ``JobSpec`` in Python: the shipped defaults for every option not given (``top_k=5``, ``metrics=[...]``)."""
     return JobSpec(dataset, retriever, reranker, **{**shipped_options(), **options})
+
+
+FLAGS = ("cache.enabled", "mlflow.enabled")
+
+
+def check_config(cfg: Any) -> dict:
+    """What a job's config is checked for before anything loads, without building anything (a sweep checks every
+    job with it before the first runs): its options, flags, secrets and the keys each constructor takes. Returns
+    the resolved config."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig) and "hydra" in cfg:  # a sweep's job config before Hydra fills in its job
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    plain = resolved_config(cfg)
+    for flag in FLAGS:
+        section, key = flag.split(".")
+        if not isinstance((plain.get(section) or {}).get(key, True), bool):
+            raise ConfigError(f"{flag} must be true or false, got {plain[section][key]!r}")
+    threads = plain.get("threads")
+    if threads is not None:
+        check_whole("threads", threads, 1)
+    job_options(plain)
+    check_no_secrets(plain)
+    for group in ("dataset", "retriever", "reranker"):
+        _check_targets(plain.get(group), group)
+    return plain
 
 
 def spec_from_config(cfg: Any) -> JobSpec:

@@ -10,9 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import CONF_MODULE, conf_dir, studies_dir
-from .errors import ConfigError, RerankEvalError
+from .errors import ConfigError, RerankEvalError, did_you_mean
 
-__all__ = ["CONF_MODULE", "check_no_secret_inputs", "config_dirs", "friendly_errors", "full_errors"]
+__all__ = [
+    "CONF_MODULE",
+    "check_no_secret_inputs",
+    "config_dirs",
+    "friendly_errors",
+    "full_errors",
+    "quiet_terminal",
+]
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -53,16 +60,41 @@ def _hydra_message(e: Exception) -> str:
     unknown = re.search(r"Key '([^']+)' is not in struct", cause)
     override = re.search(r"use (\+\S+)", str(e))
     if unknown:
-        add = f", or add it with {override.group(1)}" if override else ""
         key = getattr(e.__cause__, "full_key", None) or unknown.group(1)
-        return f"unknown config key {key!r}; check the spelling (rerank-eval --cfg job prints the keys){add}"
+        parent = getattr(e.__cause__, "parent_node", None)
+        siblings = [str(k) for k in parent if not str(k).startswith("_")] if parent is not None else []
+        prefix = key.rpartition(".")[0]
+        guess = did_you_mean(key, [f"{prefix}.{k}" if prefix else k for k in siblings])
+        add = f", or add it with {override.group(1)}" if override and not guess else ""
+        return f"unknown config key {key!r}{guess}; check the spelling (rerank-eval --cfg job prints the keys){add}"
     text = str(e)
     options = re.search(r"Available options in '([^']+)':((?:\n[ \t]+\S+)+)", text)
     if options:  # an unknown group choice: Hydra lists the options one a line
-        text = text[: options.start()].strip() + f"; choose {options.group(1)}= one of: "
+        asked = re.search(r"Could not find '[^']*/([^'/]+)'", text)
+        guess = did_you_mean(asked.group(1), options.group(2).split()) if asked else ""
+        text = text[: options.start()].strip() + f"{guess}; choose {options.group(1)}= one of: "
         text += ", ".join(options.group(2).split()) + " (a file of your own: --config-dir DIR)"
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("See http")]
     return " ".join(lines) or type(e).__name__
+
+
+NOISY = (
+    "ir_datasets",
+    "huggingface_hub",
+)  # libraries whose retries and progress belong in the log, not the terminal
+
+
+def quiet_terminal(noisy: tuple[str, ...] = NOISY) -> None:
+    """Keep these libraries' records below ERROR off the terminal; the job's log file still holds them. Call it
+    once logging is set up (inside a Hydra task)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.name.startswith(noisy)
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(keep)
 
 
 def full_errors() -> None:

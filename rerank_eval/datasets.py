@@ -233,11 +233,15 @@ def _lookup(store, doc_ids: Sequence[str], name: str) -> dict[str, Doc]:
 class IrDatasetsDataset:
     """A dataset through its ir_datasets id (downloads on first use, then reads ir_datasets' own cache)."""
 
-    def __init__(self, irds_id: str, name: str | None = None, relevance_level: int = 1):
+    def __init__(
+        self, irds_id: str, name: str | None = None, relevance_level: int = 1, searched: Sequence[str] = ()
+    ):
         try:
             import ir_datasets
         except ImportError as e:  # pragma: no cover - a core dependency
             raise DataError("ir_datasets is not installed; pip install ir-datasets") from e
+        _route_irds_logs(ir_datasets)
+        self.searched = tuple(searched)  # the local folders looked for first (named when a download fails)
         try:
             self._ds = ir_datasets.load(irds_id)
         except KeyError:
@@ -254,7 +258,7 @@ class IrDatasetsDataset:
         return f"IrDatasetsDataset({self.irds_id!r})"
 
     def _guard(self, what: str):
-        return _IrdsGuard(self.irds_id, what)
+        return _IrdsGuard(self, what)
 
     def queries(self) -> list[Query]:
         judged = self.qrels()
@@ -309,20 +313,49 @@ def _irds_doc(d) -> Doc:
     )
 
 
+def _route_irds_logs(ir_datasets) -> None:
+    """ir_datasets prints its progress and download retries on stderr through handlers of its own; route them to
+    the root logger instead (the job's log), where the CLI keeps what is below an error off the terminal."""
+    import sys
+
+    for module in [m for n, m in list(sys.modules.items()) if n.startswith("ir_datasets")]:
+        wrapper = getattr(module, "_logger", None)
+        if isinstance(wrapper, ir_datasets.log.Logger):
+            logger = wrapper.logger()
+            for handler in [h for h in logger.handlers if isinstance(h, ir_datasets.log.TqdmHandler)]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 class _IrdsGuard:
-    def __init__(self, irds_id: str, what: str):
-        self.irds_id, self.what = irds_id, what
+    """A download that fails (offline, a dead mirror) becomes one line naming the folders searched and the fix."""
+
+    def __init__(self, dataset: IrDatasetsDataset, what: str):
+        self.dataset, self.what = dataset, what
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc is not None and isinstance(exc, OSError | ConnectionError):
+        failed = isinstance(exc, RuntimeError) and "download sources failed" in str(exc)
+        if exc is not None and (failed or isinstance(exc, OSError | ConnectionError)):
+            ds = self.dataset
+            offline = failed or any(w in str(exc) for w in ("NameResolution", "Connection", "resolve"))
+            why = "no network" if offline else " ".join(str(exc).split())[:80]
+            where = f"no local copy in {' or '.join(ds.searched)}, and " if ds.searched else ""
             raise DataError(
-                f"could not fetch the {self.what} of {self.irds_id} through ir_datasets ({exc}); offline, point "
-                f"dataset.path (or {DATA_ENV}) at a local BEIR-format copy"
-            ) from exc
+                f"{ds.name}: {where}ir_datasets could not download {ds.irds_id} ({why}); set "
+                f"dataset.path=<BEIR folder> or {DATA_ENV}=<folder holding it>"
+            ) from None
         return False
+
+
+def _short(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when that is shorter."""
+    import os
+
+    rel = os.path.relpath(path)
+    return rel if len(rel) < len(str(path)) else str(path)
 
 
 def local_folder(folder: str | None, path: str | None) -> Path | None:
@@ -383,4 +416,7 @@ def load_dataset(
         raise ConfigError(
             f"dataset {name} has neither a local folder nor an ir_datasets id; set dataset.path=..."
         )
-    return IrDatasetsDataset(irds_id, name=name, relevance_level=relevance_level)
+    from .paths import data_roots
+
+    searched = [_short(root / folder) for root in data_roots()] if folder and not path else []
+    return IrDatasetsDataset(irds_id, name=name, relevance_level=relevance_level, searched=searched)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, ConfigError
-from .provenance import environment, model_identity
+from .provenance import environment, hub_snapshot, model_identity
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 log = logging.getLogger("rerank_eval")
@@ -63,7 +63,27 @@ def resolve_model(name: str) -> str:
                 f"model path {name} does not exist; pass a model folder or a Hugging Face id (e.g. {MINILM_ID})"
             )
         return str(p.resolve())
+    if hub_snapshot(name) is None and not hub_reachable():
+        raise BackendUnavailableError(
+            f"model {name!r} is neither a folder nor in the Hugging Face cache, and the hub cannot be reached "
+            "(offline); pass a local model folder (reranker.model=PATH) or run once with network access"
+        )
     return name
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (one try, no retries); False with HF_HUB_OFFLINE."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def declared_max_length(path: str, tokenizer, config) -> int:

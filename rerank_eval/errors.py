@@ -23,5 +23,13 @@ def check_whole(name: str, value, least: int) -> None:
         raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
 
 
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to a misspelt ``word``, else an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class OutputError(RerankEvalError):
     """A result file or store cannot be written (a full disk, a read-only folder, an unreachable server)."""

@@ -121,7 +121,13 @@ class SweepCallback(Callback):
             log.info("sweep: %d jobs; report in %s", len(records), sweep_dir / "report")
             if self.parent is not None:
                 found = knees(records, tolerance, test)
-                best = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
+                by_dataset = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
+                one = len(by_dataset) == 1  # best_ndcg_at_10, else best_ndcg_at_10/<dataset> for each
+                best = {
+                    f"best_{metric_key(m)}" + ("" if one else f"/{ds}"): found
+                    for ds, per in by_dataset.items()
+                    for m, found in per.items()
+                }
                 self.tracker.log(
                     self.parent,
                     artifacts=paths,
@@ -130,11 +136,11 @@ class SweepCallback(Callback):
                         "wall_s": wall,
                         "pairs_scored": pairs,
                         "distinct_comparisons": distinct_comparisons(comparison_frame(records, test=test)),
-                        **{f"best_{metric_key(m)}": v for m, (_, v) in best.items()},
+                        **{key: v for key, (_, v) in best.items()},
                         **knee_metrics(found),
                     },
                     tags={
-                        **{f"best_{metric_key(m)}": n for m, (n, _) in best.items()},
+                        **{key: n for key, (n, _) in best.items()},
                         **({"knee_tolerance": str(tolerance)} if found else {}),
                     },
                 )

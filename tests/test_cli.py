@@ -55,6 +55,7 @@ def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
         "reranker.max_length=128",
         "candidates=4",
         "top_k=2",
+        "threads=1",
     )
     assert "tiny/bm25-bm25s/ce-scifact-minilm-l6-ce-fp32-len128@4/top2: ndcg@10=" in proc.stdout
     client, found = runs(tmp_path)
@@ -97,7 +98,10 @@ def test_job_end_to_end_is_tracked_in_mlflow(tmp_path):
         "config.yaml",
         ".hydra",
     } <= arts
-    assert t["latency_source"] == "measured" and t["code_version"] and t["latency_device"]
+    assert t["latency_source"] == "measured" and t["code_version"]
+    assert p["threads"] == "1" and t["latency_device"].endswith(
+        "(1 threads)"
+    )  # the job ran on the threads asked
     assert {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")} >= {".hydra/config.yaml"}
     out = tmp_path / "out"
     summary = json.loads((out / "metrics.json").read_text())
@@ -162,3 +166,16 @@ def test_shards_run_as_a_joblib_multirun_and_merge_into_one_run_file(tmp_path):
     missing = cli(tmp_path, *args, "stage=merge", "shards=3", module="rerank_eval.shard", check=False)
     assert missing.returncode != 0 and "(stage=retrieve shard=0 shards=3)" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_sweep_checks_every_job_before_the_first_runs(tmp_path):
+    """One bad value in a sweep stops it before any work, naming the job's overrides: job 0 (valid) never runs."""
+    proc = cli(tmp_path, "-m", *TINY_DS, "reranker=none", "candidates=4,-5", "top_k=2", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("rerank-eval: error: sweep job #1 (")
+    assert "candidates=-5" in lines[-1]
+    assert lines[-1].endswith("candidates must be a positive integer, got -5; nothing was run")
+    assert not (tmp_path / "multi" / "0").exists()
+    client, found = runs(tmp_path)
+    assert not [r for r in found if r.data.tags.get("mlflow.parentRunId")]  # no job was tracked

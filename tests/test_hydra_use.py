@@ -114,7 +114,7 @@ def test_hydra_sweep_syntax_launchers_a_user_study_and_a_resumed_sweep(tmp_path)
     [
         (
             ["dataset=scifactt"],
-            "Could not find 'dataset/scifactt'; choose dataset= one of: arguana, beir_dir",
+            "Could not find 'dataset/scifactt' (did you mean scifact?); choose dataset= one of: arguana, beir_dir",
         ),
         (
             ["-m", "dataset=choice(cranfield,bogus)"],

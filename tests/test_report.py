@@ -376,6 +376,11 @@ def test_report_diff_command_writes_markdown_and_html(tmp_path):
     moved = (pb - pa).abs().idxmax()
     text = {"q1": "what do cats eat", "q2": "stock market news"}[moved]
     assert (pb - pa).abs().max() > 0 and text in md and text in html
+    delta = (pb - pa).round(9)
+    wtl = f"{(delta > 0).sum()}/{(delta == 0).sum()}/{(delta < 0).sum()}"
+    opening = f"ndcg@10 {pa.mean():.4f} → {pb.mean():.4f} ({delta.mean():+.4f}) over {len(delta)} queries; "
+    assert md.splitlines()[2].endswith(opening + f"wins/ties/losses {wtl}.")  # the summary opens the page
+    assert "<p class='summary'>" in html and f"wins/ties/losses {wtl}" in html
     with pytest.raises(SystemExit) as e:
         main(["--diff", str(a), str(tmp_path / "nowhere/job")])
     assert e.value.code == 2
@@ -441,3 +446,89 @@ def test_the_latency_column_names_its_device_and_never_mixes_two_silently():
     table = markdown_table(comparison_frame([*one, gpu]))
     assert "| 10.0 (AMD EPYC (2 threads)) |" in table and "| 10.0 (cuda:NVIDIA H200) |" in table
     assert "comes from 2 devices" in table
+
+
+def test_a_rewritten_report_is_whole_html_too_and_best_is_per_dataset(tmp_path):
+    """report.html holds report.md's tables and plots; stale files of an earlier report are gone; the best
+    configuration is named per dataset (figures on two datasets are not comparable)."""
+    from dataclasses import replace
+
+    first = [0.2, 0.4, 0.5, 0.1]
+    recs = [
+        record("d/ce", "ce", [0.5, 0.6, 0.5, 0.4], first),
+        replace(record("e/bi", "bi", [0.9, 0.9, 0.9, 0.9], first), dataset="e"),
+        replace(record("e/ce", "ce", [0.3, 0.4, 0.5, 0.2], first), dataset="e"),
+    ]
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "depth.png").write_bytes(b"an earlier report's plot")
+    (out / "notes.txt").write_text("not the report's")
+    paths = write_report(recs, out, "two datasets")
+    assert not (out / "depth.png").exists() and (out / "notes.txt").exists()
+    md = (out / "report.md").read_text()
+    assert "- d: ndcg@10 `d/ce` (0.5000)" in md and "- e: ndcg@10 `e/bi` (0.9000)" in md
+    assert "Datasets: d, e. First stages: bm25. Rerankers: ce, bi." in md
+    page = (out / "report.html").read_text()
+    assert out / "report.html" in paths and page.startswith("<!doctype html>")
+    assert (
+        page.count("<table>") == sum(line.startswith("|---") for line in md.splitlines())
+        and '<img src="bars.png"' in page
+    )
+    assert "<code>d/ce</code>" in page
+
+
+def test_latest_parent_skips_a_failed_sweep_unless_asked(tmp_path):
+    import mlflow
+
+    from rerank_eval.report.records import latest_parents
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("sweeps")
+    ok = client.create_run(exp, tags={"parent": "true"}, run_name="ok", start_time=1000)
+    client.set_terminated(ok.info.run_id, "FINISHED")
+    bad = client.create_run(exp, tags={"parent": "true"}, run_name="stopped", start_time=2000)
+    client.set_terminated(bad.info.run_id, "FAILED")
+    assert latest_parents("sweeps", 1, uri) == [ok.info.run_id]
+    assert latest_parents("sweeps", 1, uri, include_failed=True) == [bad.info.run_id]
+
+
+@pytest.mark.slow
+def test_the_report_page_opens_in_a_real_browser_with_its_plots(tmp_path):
+    """report.html, opened by headless Chromium from its folder: the tables render and every plot loads
+    (a probe script added to a copy of the page counts the images the browser decoded)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("needs Debian's chromium: apt-get install chromium (make test-all installs it)")
+    first = [0.2, 0.4, 0.5, 0.1]
+    recs = [
+        record("d/ce", "ce", [0.5, 0.6, 0.5, 0.4], first),
+        record("d/bi", "bi", [0.3, 0.4, 0.6, 0.2], first),
+    ]
+    out = tmp_path / "rep"
+    write_report(recs, out, "in a browser")
+    page = (out / "report.html").read_text()
+    images = page.count("<img ")
+    probe = (
+        "<script>window.addEventListener('load', () => document.body.setAttribute('data-decoded', "
+        "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length));</script>"
+    )
+    (out / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (out / "probe.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert images >= 1 and f'data-decoded="{images}"' in dom
+    assert dom.count("<table>") == page.count("<table>") >= 1 and "<code>d/ce</code>" in dom

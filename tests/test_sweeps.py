@@ -79,7 +79,14 @@ def test_report_table_on_fixed_runs(tmp_path):
     assert row.startswith(f"| d | bm25 | ce | {np.mean(a):.4f} | 120.0 | +{np.mean(a) - np.mean(first):.4f}")
     assert ("†" in row) == (expect[pa] < 0.05)
     paths = write_report(recs, tmp_path / "rep", "fixed")
-    assert {p.name for p in paths} == {"report.md", "report.csv", "bars.png", "latency.png", "recall.png"}
+    assert {p.name for p in paths} == {
+        "report.md",
+        "report.csv",
+        "report.html",
+        "bars.png",
+        "latency.png",
+        "recall.png",
+    }
     assert all(p.stat().st_size > 0 for p in paths)
 
 

@@ -108,6 +108,20 @@ class StudySweeper(Sweeper):
                 lists[key] = [f"{key}={o.get_value_element_as_str()}"]
         return [list(x) for x in itertools.product(*lists.values())]
 
+    def check_jobs(self, jobs: list[list[str]]) -> None:
+        """Compose every job's config and check its values (rerank_eval.config.check_config) before the first
+        job runs: one bad value stops the sweep before any work, naming that job's overrides."""
+        from rerank_eval.config import check_config
+        from rerank_eval.errors import ConfigError, RerankEvalError
+
+        self.validate_batch_is_legal(jobs)  # unknown keys and choices, as Hydra's sweepers check them
+        for i, overrides in enumerate(jobs):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            try:
+                check_config(cfg)
+            except RerankEvalError as e:
+                raise ConfigError(f"sweep job #{i} ({' '.join(overrides)}): {e}; nothing was run") from None
+
     def sweep(self, arguments: list[str]) -> Any:
         axes, skipped = axis_entries(self.axes)
         for line in skipped:
@@ -118,6 +132,7 @@ class StudySweeper(Sweeper):
             for combo in itertools.product(*axes)
             for point in grid
         ]
+        self.check_jobs(jobs)
         size = self.max_batch_size or len(jobs) or 1
         returns, start = [], 0
         for i in range(0, len(jobs), size):

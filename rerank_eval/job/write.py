@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import analysis as an
 from ..files import atomic_writer, write_atomic
-from ..report.diff import changes
+from ..report.diff import changes, overview
 from ..report.diff import write as write_diff
 from ..types import NO_RESULT, Ranking
 from .analyse import Analysis
@@ -65,7 +65,9 @@ def write_files(spec: JobSpec, out: Path, ranked: Ranked, ev: Evaluation, found:
         )
         texts = {q.query_id: q.text for q in spec.dataset.queries()}
         title = f"first stage {spec.retriever.name}"
-        write_diff(out, found_changes, texts, spec.dataset.docs, title, spec.reranker_name, h)
+        scope = f"{spec.dataset.name}, {spec.retriever.name} reranked at depth {spec.candidates}"
+        line = overview(ev.first[h], ev.per_query[h], h, scope)
+        write_diff(out, found_changes, texts, spec.dataset.docs, title, spec.reranker_name, h, summary=line)
 
 
 def summary(spec: JobSpec, identity: Identity, ev: Evaluation, found: Analysis) -> dict[str, Any]:

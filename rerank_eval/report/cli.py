@@ -41,7 +41,7 @@ def diff(
     import pandas as pd
 
     from ..config import build
-    from .diff import changes, read_trec, write
+    from .diff import changes, overview, read_trec, write
 
     with tempfile.TemporaryDirectory() as tmp:
         a, b = (_job_folder(r, experiment, Path(tmp)) for r in (a_ref, b_ref))
@@ -63,7 +63,8 @@ def diff(
             read_trec(a / "run.trec"), read_trec(b / "run.trec"), pa[col], pb[col], dataset.qrels(), n=n
         )
     queries = {q.query_id: q.text for q in dataset.queries()}
-    return write(out, found, queries, dataset.docs, sa["name"], sb["name"], metric)
+    line = overview(pa[col], pb[col], metric, f"{sa['dataset']}, {sb['name']} against {sa['name']}")
+    return write(out, found, queries, dataset.docs, sa["name"], sb["name"], metric, summary=line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     @friendly_errors
     def _main():
         ap = argparse.ArgumentParser(
-            prog="python -m rerank_eval.report",
-            description=__doc__,
+            prog="rerank-eval-report",
+            description=__doc__.replace("``", "").replace(
+                "python -m rerank_eval.report", "rerank-eval-report"
+            ),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         ap.add_argument("--experiment", default="rerank-eval", help="the MLflow experiment")
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         ap.add_argument("--latest-parent", action="store_true", help="the experiment's newest parent run")
         ap.add_argument("--latest-parents", type=int, default=0, metavar="N", help="its N newest parent runs")
+        ap.add_argument(
+            "--include-failed", action="store_true", help="let --latest-parent(s) take parents that FAILED"
+        )
         ap.add_argument("--runs", default=None, help="comma-separated run ids")
         ap.add_argument("--test", default="student", choices=["student", "fisher"])
         ap.add_argument("--between", action="store_true", help="also compare rerankers with each other")
@@ -96,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"diff: wrote {', '.join(str(p) for p in paths)}")
             return
         n = args.latest_parents or (1 if args.latest_parent else 0)
-        parents = latest_parents(args.experiment, n) if n else [args.parent]
+        parents = (
+            latest_parents(args.experiment, n, include_failed=args.include_failed) if n else [args.parent]
+        )
         records = [
             r
             for p in parents

@@ -73,6 +73,16 @@ def changes(
     return out
 
 
+def overview(values_a: pd.Series, values_b: pd.Series, metric: str, scope: str) -> str:
+    """The line a diff opens with: what was compared, the means over every query and wins/ties/losses."""
+    delta = (values_b - values_a).dropna()
+    wins, losses = int((delta > 1e-9).sum()), int((delta < -1e-9).sum())  # as the report's table counts them
+    return (
+        f"{scope}: {metric} {values_a.mean():.4f} → {values_b.mean():.4f} ({delta.mean():+.4f}) over "
+        f"{len(delta)} queries; wins/ties/losses {wins}/{len(delta) - wins - losses}/{losses}."
+    )
+
+
 def _docs_of(found: dict[str, list[dict]]) -> list[str]:
     return sorted({m["doc_id"] for items in found.values() for i in items for m in i["top"] + i["left"]})
 
@@ -97,9 +107,15 @@ def _snippet(doc: Doc | None) -> str:
 
 
 def markdown(
-    found, queries: Mapping[str, str], docs: Mapping[str, Doc], label_a: str, label_b: str, metric: str
+    found,
+    queries: Mapping[str, str],
+    docs: Mapping[str, Doc],
+    label_a: str,
+    label_b: str,
+    metric: str,
+    summary: str = "",
 ) -> str:
-    lines = [f"# {label_b} against {label_a}, per query ({metric})", ""]
+    lines = [f"# {label_b} against {label_a}, per query ({metric})", "", *([summary, ""] if summary else [])]
     for kind, items in found.items():
         lines += [f"## Queries that {kind} most", ""]
         if not items:
@@ -124,7 +140,13 @@ def markdown(
 
 
 def page(
-    found, queries: Mapping[str, str], docs: Mapping[str, Doc], label_a: str, label_b: str, metric: str
+    found,
+    queries: Mapping[str, str],
+    docs: Mapping[str, Doc],
+    label_a: str,
+    label_b: str,
+    metric: str,
+    summary: str = "",
 ) -> str:
     """The same as one HTML page, no scripts or outside resources (it opens in MLflow's artifact view)."""
     e = html.escape
@@ -136,6 +158,7 @@ def page(
         ".non{background:#fce8e6}.unj{color:#777}h3{margin-bottom:.2em}",
         "</style></head><body>",
         f"<h1>{e(label_b)} against {e(label_a)}, per query ({e(metric)})</h1>",
+        *([f"<p class='summary'>{e(summary)}</p>"] if summary else []),
     ]
     for kind, items in found.items():
         parts.append(f"<h2>Queries that {kind} most</h2>")
@@ -171,13 +194,15 @@ def write(
     label_b: str,
     metric: str = "ndcg@10",
     stem: str = "diff",
+    summary: str = "",
 ) -> list[Path]:
-    """Write ``<stem>.md`` and ``<stem>.html``; ``fetch`` looks up the documents shown."""
+    """Write ``<stem>.md`` and ``<stem>.html``, opening with ``summary`` (``overview``); ``fetch`` looks up the
+    documents shown."""
     from ..files import write_atomic
 
     docs = fetch(_docs_of(found))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.html"]
-    write_atomic(paths[0], markdown(found, queries, docs, label_a, label_b, metric))
-    write_atomic(paths[1], page(found, queries, docs, label_a, label_b, metric))
+    write_atomic(paths[0], markdown(found, queries, docs, label_a, label_b, metric, summary))
+    write_atomic(paths[1], page(found, queries, docs, label_a, label_b, metric, summary))
     return paths

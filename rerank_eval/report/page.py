@@ -33,6 +33,8 @@ def write_report(
     if not records:
         raise ValueError("no finished jobs to report on")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("report.*"), *out_dir.glob("*.png")]:  # the folder is the new report's alone
+        stale.unlink()
     frame = tb.comparison_frame(records, metric, test)
     depth = frame["candidates"].nunique() > 1 or frame["top_k"].nunique() > 1
     knees = tb.knees(records, knee_tolerance, test) if depth else []
@@ -51,7 +53,29 @@ def write_report(
     lines += ["", *[f"![{n}]({n})" for n in shown]]
     write_atomic(paths[0], "\n".join(lines) + "\n")
     write_atomic(paths[1], frame.to_csv(index=False))
-    return paths
+    write_atomic(out_dir / "report.html", html_page(title, "\n".join(lines)))
+    return [*paths[:2], out_dir / "report.html", *paths[2:]]
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:80rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+    "table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #ccc;padding:.2rem .45rem}"
+    "th{background:#f3f3f3}td{text-align:right}td:nth-child(-n+3){text-align:left}img{max-width:100%}"
+    "code{background:#f5f5f5;padding:0 .2rem}"
+)
+
+
+def html_page(title: str, markdown_text: str) -> str:
+    """One HTML page with the same content as the markdown (tables and plots inline), rendered by markdown-it."""
+    from html import escape
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    return (
+        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n"
+    )
 
 
 def _summary(records, frame, title: str, intro: str, test: str, metric: str, depth: bool) -> list[str]:
@@ -60,6 +84,8 @@ def _summary(records, frame, title: str, intro: str, test: str, metric: str, dep
     test_name = "paired t-test" if test == "student" else "Fisher's randomization test"
     return [
         f"# {title}",
+        "",
+        _scope(frame),
         "",
         *([intro, ""] if intro else []),
         f"{len(records)} jobs. Each reranked job is compared with its own first stage on {metric}: the mean "
@@ -72,11 +98,26 @@ def _summary(records, frame, title: str, intro: str, test: str, metric: str, dep
         "or on a fresh probe sample of its queries (ᵖ) where its scores came from the cache; n/a: not timed.",
         "",
         tb.markdown_table(frame, metric, depth_columns=depth),
-        "Best configuration per metric:",
+        "Best configuration per metric, by dataset:",
         "",
-        *[f"- {m}: `{name}` ({value:.4f})" for m, (name, value) in best.items()],
+        *[
+            f"- {dataset}: " + "; ".join(f"{m} `{name}` ({value:.4f})" for m, (name, value) in per.items())
+            for dataset, per in best.items()
+        ],
         "",
     ]
+
+
+def _scope(frame) -> str:
+    """What the report compares, in one line: datasets, first stages, rerankers, depths."""
+
+    def listed(column: str) -> str:
+        return ", ".join(str(v) for v in dict.fromkeys(frame[column]))
+
+    return (
+        f"Datasets: {listed('dataset')}. First stages: {listed('first stage')}. Rerankers: {listed('reranker')}. "
+        f"Depths: {listed('candidates')}; top_k: {listed('top_k')}."
+    )
 
 
 def _headroom(records) -> list[str]:

@@ -4,6 +4,7 @@ tracked runs (MLflow is imported only here, and only when asked to)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 from ..errors import ConfigError
 
 JOB_FILES = ("metrics.json", "per_query.csv")
+log = logging.getLogger("rerank_eval")
 
 
 @dataclass
@@ -85,22 +87,33 @@ def records_from_dirs(dirs: Sequence[Path]) -> list[JobRecord]:
     ]
 
 
-def latest_parents(experiment: str, n: int = 1, uri: str | None = None) -> list[str]:
-    """The ``n`` newest parent runs (sweeps' or the bench's) of an MLflow experiment, oldest first."""
+def latest_parents(
+    experiment: str, n: int = 1, uri: str | None = None, include_failed: bool = False
+) -> list[str]:
+    """The ``n`` newest parent runs (sweeps' or the bench's) of an MLflow experiment, oldest first; a parent run
+    closed as FAILED (a sweep that stopped early) is skipped, and named in the log, unless ``include_failed``."""
     from ..tracking import tracker_for
 
     t = tracker_for(experiment, uri)
     found = t.client.search_runs(
         [t.experiment_id],
         filter_string="tags.parent = 'true'",
-        max_results=n,
         order_by=["attributes.start_time DESC"],
     )
-    if len(found) < n:
+    kept = [r for r in found if include_failed or r.info.status != "FAILED"][:n]
+    for r in found[: found.index(kept[-1]) if kept else len(found)]:
+        if r not in kept:
+            log.warning(
+                "skipped the FAILED parent run %s (%s): --include-failed reports it",
+                r.info.run_name,
+                r.info.run_id,
+            )
+    if len(kept) < n:
         raise ConfigError(
-            f"experiment {experiment} has {len(found)} parent runs, not {n}; run the sweeps or make bench first"
+            f"experiment {experiment} has {len(kept)} parent runs that did not fail, not {n}; run the sweeps or "
+            "make bench first (--include-failed counts failed ones)"
         )
-    return [r.info.run_id for r in reversed(found)]
+    return [r.info.run_id for r in reversed(kept)]
 
 
 def download_job(

@@ -46,6 +46,8 @@ def write_study(
     plot_bars(frame, HEADLINE, paths[2], f"nDCG@10 by pipeline (rerank {depth})")
     copies = out / f"{study}-report"
     copies.mkdir(exist_ok=True)
+    for stale in [p for p in copies.iterdir() if p.is_file() and not (report / p.name).is_file()]:
+        stale.unlink()  # the copy is the new report's alone
     for f in sorted(p for p in report.iterdir() if p.is_file() and not p.name.startswith(".")):
         copy_atomic(f, copies / f.name)
         paths.append(copies / f.name)

@@ -163,14 +163,18 @@ def markdown_table(
     return _md(head, rows) + where
 
 
-def best_per_metric(records: Sequence[JobRecord], metrics: Sequence[str]) -> dict[str, tuple[str, float]]:
-    """For each metric, the job (by name) that scored highest."""
-    out = {}
-    for m in metrics:
-        scored = [r for r in records if m in r.metrics]
-        if scored:
-            best = max(scored, key=lambda r: r.metrics[m])
-            out[m] = (best.name, best.metrics[m])
+def best_per_metric(
+    records: Sequence[JobRecord], metrics: Sequence[str]
+) -> dict[str, dict[str, tuple[str, float]]]:
+    """Per dataset (figures on two datasets are not comparable), for each metric, the job (by name) that scored
+    highest: ``{dataset: {metric: (name, value)}}``."""
+    out: dict[str, dict[str, tuple[str, float]]] = {}
+    for dataset in dict.fromkeys(r.dataset for r in records):
+        for m in metrics:
+            scored = [r for r in records if r.dataset == dataset and m in r.metrics]
+            if scored:
+                best = max(scored, key=lambda r: r.metrics[m])
+                out.setdefault(dataset, {})[m] = (best.name, best.metrics[m])
     return out
 
 

@@ -97,7 +97,37 @@ CASES = [
         2,
         "bad override: no viable alternative",
     ),
-    Case("unknown config key", lambda t: [*TINY_NONE, "candidatez=5"], 2, "unknown config key 'candidatez'"),
+    Case(
+        "unknown config key",
+        lambda t: [*TINY_NONE, "candidatez=5"],
+        2,
+        "unknown config key 'candidatez' (did you mean candidates?)",
+    ),
+    Case(
+        "misspelt key of a group",
+        lambda t: [*ds(TINY), "reranker=cross_encoder", "reranker.maxlength=256"],
+        2,
+        "unknown config key 'reranker.maxlength' (did you mean reranker.max_length?)",
+    ),
+    Case(
+        "misspelt key added to a constructor",
+        lambda t: [
+            *ds(TINY),
+            "reranker=cross_encoder",
+            f"reranker.model={CE_MODEL}",
+            "+reranker.maxlength=256",
+        ],
+        2,
+        "reranker.maxlength is not an option of CrossEncoderReranker (did you mean reranker.max_length?); "
+        "its options: model, max_length,",
+    ),
+    Case(
+        "an error inside a constructor keeps its cause",
+        lambda t: [*TINY_NONE, "retriever=hybrid", "retriever.params=5"],
+        2,
+        "retriever: rerank_eval.retrievers.hybrid.HybridRetriever could not be built: TypeError: 'int' object is "
+        "not iterable",
+    ),
     Case(
         "config group given twice",
         lambda t: [*TINY_NONE, "+reranker=bi_encoder"],
@@ -108,19 +138,19 @@ CASES = [
         "unknown dataset",
         lambda t: ["dataset=scifactt"],
         2,
-        "Could not find 'dataset/scifactt'; choose dataset= one of",
+        "Could not find 'dataset/scifactt' (did you mean scifact?); choose dataset= one of",
     ),
     Case(
         "unknown retriever",
         lambda t: [*TINY_NONE, "retriever=bm42"],
         2,
-        "Could not find 'retriever/bm42'; choose retriever= one of",
+        "Could not find 'retriever/bm42' (did you mean bm25?); choose retriever= one of",
     ),
     Case(
         "unknown reranker",
         lambda t: [*ds(TINY), "reranker=colbertt"],
         2,
-        "Could not find 'reranker/colbertt'; choose reranker= one of",
+        "Could not find 'reranker/colbertt' (did you mean colbert?); choose reranker= one of",
     ),
     Case(
         "missing mandatory value",
@@ -145,6 +175,9 @@ CASES = [
         lambda t: [*TINY_NONE, "top_k=ten"],
         2,
         "top_k must be a positive integer, got 'ten'",
+    ),
+    Case(
+        "threads out of range", lambda t: [*TINY_NONE, "threads=0"], 2, "threads must be a whole number >= 1"
     ),
     Case(
         "flag of the wrong type",
@@ -518,13 +551,38 @@ def test_bad_input(case, tmp_path, monkeypatch):
     if case.code == 2:
         assert res.last_error_line.startswith("rerank-eval: error: "), res.stderr[-2000:]
         assert case.message in res.last_error_line, res.last_error_line
-        assert not (out / "metrics.json").exists()
+        assert not out.exists(), "a refused job left its folder behind"
     else:
         assert case.message in res.stdout + res.stderr, res.stderr[-2000:]
         assert (out / "metrics.json").is_file()
         if case.check:
             case.check(out)
     assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+DATASETS = sorted(p.stem for p in (ROOT / "rerank_eval" / "conf" / "dataset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_offline_from_an_empty_folder_is_one_line(name, tmp_path, monkeypatch):
+    """No local copy and no network: one line naming the folders searched and the fix, exit 2, no traceback, no
+    library noise on the terminal, no job folder left."""
+    monkeypatch.delenv("RERANK_EVAL_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = {
+        **store_env(tmp_path),
+        "RERANK_EVAL_HOME": str(tmp_path),
+        "IR_DATASETS_HOME": str(tmp_path / "irds"),
+    }
+    out = tmp_path / "out"
+    res = run_cli([f"dataset={name}", "reranker=none", "mlflow.enabled=false"], out, monkeypatch, env)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.code == 2 and len(lines) == 1, res.stderr[-3000:]
+    assert lines[0].startswith("rerank-eval: error: ") and "dataset.path" in lines[0]
+    assert len(lines[0]) < 300, lines[0]
+    if name != "beir_dir":  # the one without an ir_datasets id: its path is required
+        assert "no local copy in data/" in lines[0] and "could not download" in lines[0]
+    assert not out.exists()
 
 
 def test_a_full_disk_loses_no_scores(tmp_path, monkeypatch):
@@ -567,8 +625,8 @@ def test_an_input_mistake_exits_2_from_a_real_process(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "rerank-eval: error: bad override: unknown config key 'candidatez'; check the spelling "
-        "(rerank-eval --cfg job prints the keys), or add it with +candidatez=5"
+        "rerank-eval: error: bad override: unknown config key 'candidatez' (did you mean candidates?); check "
+        "the spelling (rerank-eval --cfg job prints the keys)"
     ]
 
 
