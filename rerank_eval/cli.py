@@ -36,7 +36,6 @@ def run_from_config(
     from .tracking import tracker_for
 
     plain = check_config(cfg)
-    use_threads(plain.get("threads"))
     spec = spec_from_config(cfg)
     cache_cfg = plain.get("cache") or {}
     cache = ScoreCache(
@@ -47,29 +46,48 @@ def run_from_config(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
-    try:
-        return run_job(
-            spec,
-            out,
-            cache=cache,
-            tracker=tracker,
-            share=share,
-            params=flatten(plain),
-            parent_run_id=parent_run_id or os.environ.get(PARENT_ENV),
-        )
-    finally:
-        cache.close()
+    with job_threads(plain.get("threads")):
+        try:
+            return run_job(
+                spec,
+                out,
+                cache=cache,
+                tracker=tracker,
+                share=share,
+                params=flatten(plain),
+                parent_run_id=parent_run_id or os.environ.get(PARENT_ENV),
+            )
+        finally:
+            cache.close()
 
 
-def use_threads(threads: int | None) -> None:
-    """Run the job's torch, OpenMP and MKL work on this many threads (None: leave the defaults). Torch reads the
-    variables when it loads; a sweep's later jobs find it loaded and are set directly."""
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def job_threads(threads: int | None):
+    """Run the job's torch, OpenMP and MKL work on this many threads (None: leave the defaults), and give the
+    process its own settings back after it. Torch reads the variables when it loads; a sweep's later jobs find
+    it loaded and are set directly."""
     if threads is None:
+        yield
         return
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    env = {var: os.environ.get(var) for var in THREAD_VARS}
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    os.environ.update(dict.fromkeys(THREAD_VARS, str(threads)))
+    if torch:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for var, value in env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if before is not None:
+            torch.set_num_threads(before)
 
 
 UNSTARTED = {".hydra", "config.yaml"}  # what a job folder holds before its job computes anything (and logs)

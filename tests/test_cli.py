@@ -179,3 +179,21 @@ def test_a_sweep_checks_every_job_before_the_first_runs(tmp_path):
     assert not (tmp_path / "multi" / "0").exists()
     client, found = runs(tmp_path)
     assert not [r for r in found if r.data.tags.get("mlflow.parentRunId")]  # no job was tracked
+
+
+def test_a_jobs_threads_are_set_for_the_job_and_given_back_after_it(monkeypatch):
+    """In one process (a sweep, a notebook, this suite) a job's `threads` does not outlive the job."""
+    import torch
+
+    from rerank_eval.cli import job_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    with job_threads(1):
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
+    assert torch.get_num_threads() == before
+    assert os.environ["OMP_NUM_THREADS"] == "2" and "MKL_NUM_THREADS" not in os.environ
+    with job_threads(None):  # null: the process's own settings, untouched
+        assert torch.get_num_threads() == before
