@@ -124,9 +124,9 @@ class SweepCallback(Callback):
                 by_dataset = best_per_metric(records, ["ndcg@10", "mrr@10", "recall@100"])
                 one = len(by_dataset) == 1  # best_ndcg_at_10, else best_ndcg_at_10/<dataset> for each
                 best = {
-                    f"best_{metric_key(m)}" + ("" if one else f"/{ds}"): found
+                    f"best_{metric_key(m)}" + ("" if one else f"/{ds}"): name_value
                     for ds, per in by_dataset.items()
-                    for m, found in per.items()
+                    for m, name_value in per.items()
                 }
                 self.tracker.log(
                     self.parent,

@@ -100,9 +100,13 @@ def latest_parents(
         filter_string="tags.parent = 'true'",
         order_by=["attributes.start_time DESC"],
     )
-    kept = [r for r in found if include_failed or r.info.status != "FAILED"][:n]
-    for r in found[: found.index(kept[-1]) if kept else len(found)]:
-        if r not in kept:
+    kept = []
+    for r in found:
+        if len(kept) == n:
+            break
+        if include_failed or r.info.status != "FAILED":
+            kept.append(r)
+        else:
             log.warning(
                 "skipped the FAILED parent run %s (%s): --include-failed reports it",
                 r.info.run_name,
