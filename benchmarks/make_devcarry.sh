@@ -17,7 +17,7 @@ cp $S/data/scifact/qrels/*.tsv $D/data/scifact/qrels/
 import json, sys
 from pathlib import Path
 from transformers import AutoModel, AutoTokenizer
-from rerank_eval.engine import resolve_model
+from rerank_eval.scoring.models import resolve_model
 src = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
 AutoModel.from_pretrained(src).half().save_pretrained(".devcarry/minilm-fp16")
 AutoTokenizer.from_pretrained(src).save_pretrained(".devcarry/minilm-fp16")

@@ -5,6 +5,8 @@ measured side by side in one run, written to ``results/perf.md`` (and JSON besid
   and the strongest simple use of the same library (the model in the engine's dtype through ``model_kwargs``, the
   pairs sorted by length), against ``CrossEncoderEngine`` on the 4,300 DL19 BM25 top-100 pairs;
 - BM25: rank-bm25 against bm25s on SciFact's 300 test queries (same tokens), with nDCG@10 of each;
+- batching: the batch-invariant default against the throughput mode and one pair a forward, per dtype, one
+  query's candidates a call;
 - bi-encoder: ``SentenceTransformer.encode(batch_size=32)`` in fp32 against ``BiEncoder`` on SciFact abstracts.
 """
 
@@ -66,7 +68,7 @@ def _engine_child(model, pairs, device, batch_tokens, compile, packed, queue):
     """Score the pairs in a fresh process and report its peak memory (RSS, or CUDA allocations)."""
     import torch
 
-    from rerank_eval.engine import CrossEncoderEngine
+    from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
 
     eng = CrossEncoderEngine(
         model, device=device, batch_tokens=batch_tokens, compile=compile, packed=packed, **THROUGHPUT
@@ -92,7 +94,7 @@ def cross_encoder_section(
 ) -> dict:
     import torch
 
-    from rerank_eval.engine import CrossEncoderEngine
+    from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
 
     res: dict = {"pairs": len(pairs), "model": model, "device": device}
     warm = pairs[-64:]
@@ -207,6 +209,46 @@ def cross_encoder_section(
     return res
 
 
+def dl19_queries(root: Path, n_queries: int) -> list[list[tuple[str, str]]]:
+    """Each of the first ``n_queries`` DL19 queries' BM25 top-100 pairs: one reranking call each."""
+    groups: dict[str, list] = {}
+    for query, pair in zip(_run_query_ids(root), dl19_pairs(root), strict=True):
+        groups.setdefault(query, []).append(pair)
+    return list(groups.values())[:n_queries]
+
+
+def _run_query_ids(root: Path) -> list[str]:
+    run = root / "msmarco-dl19-passage" / "runs" / "bm25.top100.trec"
+    return [line.split()[0] for line in run.read_text().splitlines() if line]
+
+
+def batching_section(model: str, root: Path, device: str, n_queries: int) -> dict:
+    """The batch-invariant default against the throughput mode (packed, not invariant) and one pair a forward, in
+    each dtype, at job level: one query's candidates a call, each call tokenizing afresh as a job's does."""
+    from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
+    from rerank_eval.scoring.models import cpu_has_bf16
+
+    calls = dl19_queries(root, n_queries)
+    pairs = sum(len(c) for c in calls)
+    dtypes = ["fp32", "bf16"] if device.startswith("cuda") or cpu_has_bf16() else ["fp32"]
+    res: dict = {"queries": len(calls), "pairs": pairs, "rates": {}}
+    for dtype in dtypes:
+        for mode, setting in (("default", True), ("throughput", False), ("single", "single")):
+            eng = CrossEncoderEngine(model, device=device, dtype=dtype, batch_invariant=setting)
+            eng.score_pairs(calls[-1][:32])
+
+            def job(eng=eng):
+                for call in calls:
+                    eng._store.clear()
+                    eng.score_pairs(call)
+                _sync(device)
+
+            seconds, _ = _timed(job)
+            res["rates"][f"{dtype} {mode}"] = {"pairs_s": pairs / seconds, "batching": eng.batching}
+            del eng
+    return res
+
+
 def _route(body, otherwise: str) -> str:
     """How an encoder ran: packed (and which attention) when it has a packed body, else ``otherwise``."""
     if body is None:
@@ -287,7 +329,7 @@ def bi_encoder_section(root: Path, device: str, n_docs: int, model: str) -> dict
     from sentence_transformers import SentenceTransformer
 
     from rerank_eval.datasets import BeirDirDataset
-    from rerank_eval.engine import BiEncoder
+    from rerank_eval.scoring.bi_encoder import BiEncoder
 
     texts = [d.full_text for d in BeirDirDataset(root / "scifact").corpus()][:n_docs]
     ours = BiEncoder(model, device=device, **THROUGHPUT)
@@ -380,6 +422,8 @@ def render(res: dict) -> str:
             f"{e['ratio']:.2f}x | {e['docs']} SciFact abstracts; `encode(batch_size=32)` fp32 vs `BiEncoder` "
             f"{e['dtype']}, {e['path']}; min cosine to the fp32 vectors {e['min_cosine_to_fp32']:.4f} |"
         )
+    if "batching" in res:
+        lines += _render_batching(res["batching"])
     if ce and ce.get("profile"):
         lines += [
             "",
@@ -394,6 +438,26 @@ def render(res: dict) -> str:
             f"Tokenizing those 1,000 pairs' unique texts took {ce['profile_tokenize_s_1000']:.3f} s.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _render_batching(b: dict) -> list[str]:
+    rates = b["rates"]
+    lines = [
+        "",
+        f"Batching policies at job level ({b['queries']} DL19 queries, {b['pairs']:,} BM25 top-100 pairs, one "
+        "query's candidates a call, tokenized afresh each call). The default is batch invariant (a score bitwise "
+        "the same whatever it is scored with); the throughput mode is not; `single` is one pair a forward:",
+        "",
+        "| dtype | default | throughput mode | one pair a forward | default / throughput | default / single |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for dtype in dict.fromkeys(k.split()[0] for k in rates):
+        d, t, s = (rates[f"{dtype} {m}"] for m in ("default", "throughput", "single"))
+        lines.append(
+            f"| {dtype} | {d['pairs_s']:,.0f} pairs/s ({d['batching']}) | {t['pairs_s']:,.0f} pairs/s | "
+            f"{s['pairs_s']:,.0f} pairs/s | {d['pairs_s'] / t['pairs_s']:.2f}x | {d['pairs_s'] / s['pairs_s']:.2f}x |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -413,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
         help="cross-encoder to time (speed does not depend on its weights)",
     )
     ap.add_argument("--data", default=None, help="folder holding scifact/ and msmarco-dl19-passage/")
-    ap.add_argument("--sections", default="cross_encoder,bm25,bi_encoder")
+    ap.add_argument("--sections", default="cross_encoder,batching,bm25,bi_encoder")
+    ap.add_argument("--queries", type=int, default=10, help="DL19 queries of the batching section")
     ap.add_argument("--pairs", type=int, default=None, help="time only the first N DL19 pairs")
     ap.add_argument("--batch-tokens", type=int, default=0, help="0: the engine's default for the device")
     ap.add_argument("--docs", type=int, default=1000, help="abstracts encoded in the bi-encoder section")
@@ -423,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bi-model", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--out", default=str(results_dir() / "perf.md"))
     args = ap.parse_args(argv)
-    from rerank_eval.engine import pick_device
+    from rerank_eval.scoring.models import pick_device
 
     device = pick_device(args.device)
     root = _data_root(args.data)
@@ -449,6 +514,9 @@ def main(argv: list[str] | None = None) -> None:
             compile=args.compile,
             packed=False if args.no_packed else None,
         )
+    if "batching" in sections:
+        print("batching policies ...", flush=True)
+        res["batching"] = batching_section(args.model, root, device, args.queries)
     if "bm25" in sections:
         print("bm25 ...", flush=True)
         res["bm25"] = bm25_section(root)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from perf import _data_root, _sync, dl19_pairs  # benchmarks/perf.py (this folder)
 
-from rerank_eval.engine import CrossEncoderEngine
+from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
 
 
 def best(fn, repeat=3):

@@ -93,7 +93,7 @@ def code_version() -> str:
 
 
 def scoring_code(*modules: str) -> str:
-    """A hash of the source files that compute a reranker's scores (``engine``, ``rerankers/cohere``...): part
+    """A hash of the source files that compute a reranker's scores (``scoring/cross_encoder``, ``rerankers/cohere``...): part
     of every score-cache key, so a change to the scoring code never serves scores the old code computed."""
     h = hashlib.sha256()
     for m in modules:

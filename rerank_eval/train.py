@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .datasets import Dataset
-from .engine import MINILM_ID, pick_device, resolve_model
 from .errors import ConfigError, DataError
 from .retrievers import Retriever
+from .scoring.models import MINILM_ID, pick_device, resolve_model
 
 log = logging.getLogger("rerank_eval")
 
@@ -102,7 +102,7 @@ def train_cross_encoder(
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
 
-    from .engine import cpu_has_bf16
+    from .scoring.models import cpu_has_bf16
 
     s = settings or TrainSettings()
     out = Path(output_dir)

@@ -13,7 +13,8 @@ import tokenizers
 import torch
 from sentence_transformers import CrossEncoder
 
-from rerank_eval.engine import CrossEncoderEngine, _truncation_probes
+from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
+from rerank_eval.scoring.tokens import _truncation_probes
 
 MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "scifact-minilm-l6-ce"
 

@@ -40,6 +40,24 @@ def _isolated(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def electra_ce(tmp_path_factory):
+    """A random-weight ELECTRA classifier with the shared cross-encoder's tokenizer: a cross-encoder that is not
+    BERT, so it runs through its own forward."""
+    import torch
+    from transformers import AutoTokenizer, ElectraConfig, ElectraForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("electra_ce")
+    torch.manual_seed(0)
+    cfg = ElectraConfig(
+        embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        num_labels=1, vocab_size=30522,
+    )  # fmt: skip
+    ElectraForSequenceClassification(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(CE_MODEL).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny():
     from rerank_eval.datasets import BeirDirDataset

@@ -5,14 +5,12 @@ import pytest
 import torch
 from conftest import CE_MODEL, DATA
 
-from rerank_eval.engine import (
-    CrossEncoderEngine,
-    _mean_pooled_bert,
-    resolve_model,
-    truncate_pairs,
-)
 from rerank_eval.errors import BackendUnavailableError, ConfigError
 from rerank_eval.provenance import model_identity
+from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
+from rerank_eval.scoring.models import resolve_model
+from rerank_eval.scoring.runtimes import _mean_pooled_bert
+from rerank_eval.scoring.tokens import truncate_pairs
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +116,11 @@ def test_the_variable_length_attention_branch_is_wired_like_the_kernel_expects(p
     np.testing.assert_allclose(eng.score_pairs(pairs), ref, atol=1e-4)  # unpadded sums round differently
 
 
-def test_other_architectures_run_through_their_own_forward(tmp_path, pairs):
+def test_other_architectures_run_through_their_own_forward(electra_ce, pairs):
     """A model that is not BERT (a random ELECTRA classifier here) runs padded batches and equals predict."""
     from sentence_transformers import CrossEncoder
-    from transformers import AutoTokenizer, ElectraConfig, ElectraForSequenceClassification
 
-    torch.manual_seed(0)
-    cfg = ElectraConfig(
-        embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        num_labels=1, vocab_size=30522,
-    )  # fmt: skip
-    ElectraForSequenceClassification(cfg).save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(CE_MODEL).save_pretrained(tmp_path)
+    tmp_path = electra_ce
     eng = CrossEncoderEngine(str(tmp_path), max_length=64, dtype="fp32", batch_tokens=256)
     assert not eng.packed
     ref = CrossEncoder(str(tmp_path), max_length=64).predict(pairs, activation_fn=torch.nn.Identity())
@@ -216,7 +207,7 @@ def abstracts():
 def test_packed_bi_encoder_equals_sentence_transformers_encode(abstracts, dtype):
     from sentence_transformers import SentenceTransformer
 
-    from rerank_eval.engine import BiEncoder
+    from rerank_eval.scoring.bi_encoder import BiEncoder
 
     ours = BiEncoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu", dtype=dtype, batch_tokens=600)
     assert ours._body is not None  # mean-pooled BERT: runs packed
@@ -234,7 +225,8 @@ def test_packed_bi_encoder_equals_sentence_transformers_encode(abstracts, dtype)
 def test_bi_encoders_that_do_not_pool_by_mean_run_through_encode(abstracts, tmp_path):
     from sentence_transformers import SentenceTransformer, models
 
-    from rerank_eval.engine import BiEncoder, resolve_model
+    from rerank_eval.scoring.bi_encoder import BiEncoder
+    from rerank_eval.scoring.models import resolve_model
 
     path = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     cls_pooled = SentenceTransformer(
@@ -253,10 +245,11 @@ def test_a_packed_runtime_that_departs_from_the_models_own_forward_is_not_used(m
     move it) is dropped for the model's own forward, with a note: the scores stay predict's."""
     from sentence_transformers import CrossEncoder
 
-    import rerank_eval.engine as engine
+    import rerank_eval.scoring.runtimes as runtimes
 
-    real = engine._attention
-    monkeypatch.setattr(engine, "_attention", lambda *a: lambda q, k, v: 1.01 * real(*a)(q, k, v))
+    for name in ("_attention", "_block_attention"):  # the throughput and the default batching's attention
+        real = getattr(runtimes, name)
+        monkeypatch.setattr(runtimes, name, lambda *a, real=real: lambda q, k, v: 1.01 * real(*a)(q, k, v))
     moved = CrossEncoderEngine(str(CE_MODEL), max_length=64)
     assert not moved.packed and "running the model's own forward instead" in caplog.text
     ce = CrossEncoder(str(CE_MODEL), max_length=64, activation_fn=torch.nn.Identity())
@@ -266,14 +259,17 @@ def test_a_packed_runtime_that_departs_from_the_models_own_forward_is_not_used(m
 
 
 def test_a_bi_encoder_whose_packed_runtime_departs_encodes_through_the_library(monkeypatch, caplog):
-    import rerank_eval.engine as engine
+    import rerank_eval.scoring.runtimes as runtimes
+    from rerank_eval.scoring.bi_encoder import BiEncoder
+    from rerank_eval.scoring.models import MINILM_ID
 
-    real = engine._attention
-    monkeypatch.setattr(engine, "_attention", lambda *a: lambda q, k, v: 1.01 * real(*a)(q, k, v))
-    moved = engine.BiEncoder(engine.MINILM_ID)
+    for name in ("_attention", "_block_attention"):  # the throughput and the default batching's attention
+        real = getattr(runtimes, name)
+        monkeypatch.setattr(runtimes, name, lambda *a, real=real: lambda q, k, v: 1.01 * real(*a)(q, k, v))
+    moved = BiEncoder(MINILM_ID)
     assert moved._body is None and "encoding through the library instead" in caplog.text
     monkeypatch.undo()
-    kept = engine.BiEncoder(engine.MINILM_ID)
+    kept = BiEncoder(MINILM_ID)
     assert kept._body is not None
     texts = ["a cat sat", "the weather tomorrow " * 40]
     np.testing.assert_allclose(moved.encode(texts), kept.encode(texts), atol=1e-5)

@@ -285,8 +285,11 @@ def test_monot5_equals_pygaggles_recipe(models):
     rr = Seq2SeqReranker(**config("seq2seq", model=str(models / "t5")))
     want_ids, want = monot5_recipe(models / "t5", PAIRS)
     assert rr.pair_ids(PAIRS) == want_ids and max(map(len, want_ids)) == 512
-    got = ours(rr, PAIRS)
-    assert np.abs(torch.nn.functional.logsigmoid(torch.from_numpy(got)).numpy() - want).max() < 1e-4
+    got = ours(
+        rr, PAIRS
+    )  # padded to its length bucket: the random model's logits (up to ~90) round differently
+    scale = np.abs(got).max()  # fp32 rounding relative to the largest logit
+    assert np.abs(torch.nn.functional.logsigmoid(torch.from_numpy(got)).numpy() - want).max() < 1e-5 * scale
     assert np.ptp(got) > 0.1
 
 

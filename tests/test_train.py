@@ -48,7 +48,7 @@ def test_tiny_training_run_writes_a_loadable_model(tmp_path):
     from safetensors.numpy import load_file
     from sentence_transformers import CrossEncoder
 
-    from rerank_eval.engine import resolve_model
+    from rerank_eval.scoring.models import resolve_model
 
     rr = CrossEncoderReranker(str(out), max_length=64)
     docs = [Doc("a", "cell biology of the nucleus"), Doc("b", "stock markets fell")]

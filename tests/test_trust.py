@@ -141,7 +141,7 @@ def test_the_final_list_is_evaluated_at_top_k_and_top_k_siblings_share_one_compa
     # context tokens: what the top-1 and top-2 documents would put into a prompt, counted with the named tokenizer
     from transformers import AutoTokenizer
 
-    from rerank_eval.engine import resolve_model
+    from rerank_eval.scoring.models import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
     docs = ds.docs([d for q in run for d in run[q]])
@@ -164,9 +164,9 @@ def test_the_context_tokenizer_counts_as_transformers_does_on_real_collections(s
     # Unicode and a long run of one letter, counted as transformers' own tokenizer of the same model counts them
     from transformers import AutoTokenizer
 
-    from rerank_eval.engine import resolve_model
     from rerank_eval.job.analyse import context_tokenizer as _tokenizer
     from rerank_eval.lengths import count_tokens
+    from rerank_eval.scoring.models import resolve_model
 
     name = "sentence-transformers/all-MiniLM-L6-v2"
     texts = [d.full_text for ds in (scifact, dl19) for d in itertools.islice(ds.corpus(), 2000)]
@@ -582,7 +582,7 @@ def test_a_bi_encoder_score_does_not_depend_on_the_other_candidates(dl19):
 def test_engine_equals_predict_when_both_texts_exceed_max_length():
     from sentence_transformers import CrossEncoder
 
-    from rerank_eval.engine import CrossEncoderEngine
+    from rerank_eval.scoring.cross_encoder import CrossEncoderEngine
 
     query = " ".join(f"word{i}" for i in range(300))  # ~600 tokens
     doc = " ".join(f"term {i}" for i in range(150))  # ~300 tokens
@@ -602,7 +602,7 @@ def test_where_the_token_cache_would_cut_pairs_wrong_the_tokenizer_builds_them(m
     through the tokenizer's own pair encoding, and the scores are predict's."""
     from sentence_transformers import CrossEncoder
 
-    import rerank_eval.engine as engine
+    import rerank_eval.scoring.cross_encoder as engine
 
     assert engine.CrossEncoderEngine(str(CE_MODEL), max_length=64).tokenization == "cached"
     real = engine.truncate_pairs
@@ -636,7 +636,7 @@ def test_dtype_and_length_are_in_the_name_and_identity():
 def test_max_length_comes_from_the_models_own_config(tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from rerank_eval.engine import declared_max_length
+    from rerank_eval.scoring.models import declared_max_length
 
     cfg = AutoConfig.from_pretrained(CE_MODEL)
     tok = AutoTokenizer.from_pretrained(CE_MODEL)

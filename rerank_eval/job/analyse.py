@@ -160,7 +160,7 @@ def context_tokenizer(name: str):
     """The context tokenizer. A model folder's ``tokenizer.json`` loads with ``tokenizers`` alone: no torch or
     transformers import, so a job without a local model starts seconds sooner, and it counts as transformers'
     tokenizer does (tests/test_trust.py). Other names go through ``AutoTokenizer``."""
-    from ..engine import load_error, resolve_model
+    from ..scoring.models import load_error, resolve_model
 
     resolved = resolve_model(name)
     path = Path(resolved) / "tokenizer.json"

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..engine import MINILM_ID, dtype_name, shared_bi_encoder
 from ..provenance import scoring_code
+from ..scoring.batching import SUFFIX
+from ..scoring.bi_encoder import BI_ENCODER_CODE, shared_bi_encoder
+from ..scoring.models import MINILM_ID, dtype_name
 from ..types import Doc, Query
 
 _MEMO: dict[str, dict[str, np.ndarray]] = {}
@@ -31,14 +33,15 @@ class BiEncoderReranker:
         dtype: str = "fp32",
         batch_size: int = 128,
         max_length: int | None = None,
-        batch_invariant: bool = True,
+        batch_invariant: bool | str = True,
     ):
         self.encoder = e = shared_bi_encoder(model, device, dtype, batch_size, max_length, batch_invariant)
         self.dtype = dtype_name(e.dtype)
-        batched = "" if e.batch_invariant else "-batched"
-        self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"
-        self.identity = f"bi-encoder|{e.identity}|code={scoring_code('engine', 'rerankers/bi_encoder')}"
-        self.settings = {"max_length": e.model.max_seq_length, "dtype": self.dtype}
+        self.name = f"bi-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{SUFFIX[e._policy]}"
+        self.identity = (
+            f"bi-encoder|{e.identity}|code={scoring_code(*BI_ENCODER_CODE, 'rerankers/bi_encoder')}"
+        )
+        self.settings = {"max_length": e.model.max_seq_length, "dtype": self.dtype, "batching": e.batching}
         self.device = e.device
         self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit
         # document embeddings by text, shared by every reranker instance of the same encoder in this process

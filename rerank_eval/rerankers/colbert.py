@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import dtype_name, pick_device, pick_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..provenance import environment, hub_snapshot, model_identity, scoring_code
+from ..scoring.batching import SUFFIX, bucket_batches, bucket_tokens, fit_width, policy
+from ..scoring.models import dtype_name, pick_device, pick_dtype
 from ..types import Doc, Query
 
 
@@ -147,7 +148,10 @@ class ColBERTReranker:
         model: a local checkpoint folder, or a Hugging Face id already in the hub cache.
         revision: the hub revision (recorded in the identity).
         device, dtype: as for cross-encoders (fp32 by default).
-        batch_size: documents a forward (padded to the longest of the batch; length-sorted).
+        batch_size: documents a forward in the throughput mode (``batch_invariant=false``: length-sorted batches
+            padded to their longest). The default runs fixed-shape length buckets (``scoring.batching``: rows
+            from ``bucket_tokens``, short batches filled with copies), so a document's vectors never depend on the
+            others; ``single``: one a forward.
 
     Raises:
         BackendUnavailableError: the model is not there (offline: pass a local folder).
@@ -163,6 +167,7 @@ class ColBERTReranker:
         device: str = "auto",
         dtype: str = "fp32",
         batch_size: int = 32,
+        batch_invariant: bool | str = True,
     ):
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -181,6 +186,8 @@ class ColBERTReranker:
         self.device = pick_device(device)
         self.torch_dtype = pick_dtype(dtype, self.device)
         self.batch_size = int(batch_size)
+        self.policy = policy(batch_invariant)
+        self.batch_invariant = self.policy != "throughput"
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a Stanford checkpoint's linear.weight is no part of the backbone
@@ -209,11 +216,12 @@ class ColBERTReranker:
         self.dtype = dtype_name(self.torch_dtype)
         self.name = (
             f"colbert-{folder.name if Path(model).is_dir() else model.rsplit('/', 1)[-1]}-{self.dtype}"
+            f"{SUFFIX[self.policy]}"
         )
         self.identity = (
             f"colbert|{f.kind}|{model_identity(str(folder), revision)}|q={f.query_length}|d={f.doc_length}|"
-            f"exp={f.expansion}/{f.attend_expansion}|skip={len(skip)}|{self.dtype}|"
-            f"code={scoring_code('rerankers/colbert')}|env={environment(device=self.device)}"
+            f"exp={f.expansion}/{f.attend_expansion}|skip={len(skip)}|{self.dtype}|{self.policy}|"
+            f"code={scoring_code('rerankers/colbert', 'scoring/batching')}|env={environment(device=self.device)}"
         )
 
     def _ids(self, texts: Sequence[str], is_query: bool):
@@ -251,25 +259,48 @@ class ColBERTReranker:
         return ids, mask, keep
 
     def _vectors(self, texts: Sequence[str], is_query: bool) -> list[np.ndarray]:
+        """Unit token vectors of each text that the checkpoint scores; documents batched by the policy."""
         import torch
 
         ids, mask, keep = self._ids(texts, is_query)
-        with torch.inference_mode():
-            h = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-            ).last_hidden_state
-            for w, b in self.projections:
-                h = h @ w.T + (b if b is not None else 0)
-            h = torch.nn.functional.normalize(h.float(), p=2, dim=-1).cpu()
-        return [h[i][keep[i]].numpy() for i in range(len(texts))]
+        lengths = mask.sum(dim=1).numpy() if not is_query else np.full(len(texts), ids.shape[1])
+        out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(texts)
+        cap = self.format.query_length if is_query else self.format.doc_length
+        # a query is scored alone, in one forward of its own shape
+        batches = (
+            [(np.arange(len(texts)), ids.shape[1], len(texts))] if is_query else self._batches(lengths, cap)
+        )
+        for idx, width, rows in batches:
+            take = torch.from_numpy(np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))]))
+            b_ids, b_mask = (
+                fit_width(ids[take], width, self.tokenizer.pad_token_id),
+                fit_width(mask[take], width, 0),
+            )
+            with torch.inference_mode():
+                h = self.model(input_ids=b_ids.to(self.device), attention_mask=b_mask.to(self.device))
+                h = h.last_hidden_state
+                for w, b in self.projections:
+                    h = h @ w.T + (b if b is not None else 0)
+                h = torch.nn.functional.normalize(h.float(), p=2, dim=-1).cpu()
+            for row, i in enumerate(idx.tolist()):
+                out[i] = h[row][fit_width(keep[i][None], width, False)[0]].numpy()
+        return out
+
+    def _batches(self, lengths: np.ndarray, cap: int) -> list[tuple[np.ndarray, int, int]]:
+        """``(indices, width, rows)`` of each forward: fixed-shape length buckets (the default), one a forward, or
+        the throughput mode's length-sorted batches padded to their longest."""
+        if self.policy == "invariant":
+            return bucket_batches(lengths, bucket_tokens(self.device), cap=cap)
+        order = np.argsort(lengths, kind="stable")
+        size = 1 if self.policy == "single" else self.batch_size
+        return [
+            (order[a : a + size], int(lengths[order[a : a + size]].max()), len(order[a : a + size]))
+            for a in range(0, len(order), size)
+        ]
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         q = self._vectors([query.text], True)[0]
-        texts = [d.full_text for d in docs]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
-        out = [0.0] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            for i, d in zip(chunk, self._vectors([texts[i] for i in chunk], False), strict=True):
-                out[i] = float((q @ d.T).max(axis=1).sum()) if len(d) else 0.0
-        return out
+        return [
+            float((q @ d.T).max(axis=1).sum()) if len(d) else 0.0
+            for d in self._vectors([d.full_text for d in docs], False)
+        ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..engine import CrossEncoderEngine, dtype_name, resolve_model
 from ..provenance import environment, model_identity, scoring_code
+from ..scoring.batching import SUFFIX
+from ..scoring.cross_encoder import CROSS_ENCODER_CODE, CrossEncoderEngine
+from ..scoring.models import dtype_name, resolve_model
 from ..types import Doc, Query
 
 _ENGINES: dict[tuple, CrossEncoderEngine] = {}
@@ -33,7 +35,7 @@ class CrossEncoderReranker:
         dtype: str = "fp32",
         batch_tokens: int | None = None,
         activation: bool = False,
-        batch_invariant: bool = True,
+        batch_invariant: bool | str = True,
         revision: str | None = None,
     ):
         files = model_identity(resolve_model(model), revision)  # a model rewritten in place is loaded again
@@ -53,15 +55,15 @@ class CrossEncoderReranker:
         self.max_length = e.max_length
         # the name says what ran: the model, its dtype, and the length where it is not the model's own
         length = "" if e.max_length == e.declared_max_length else f"-len{e.max_length}"
-        batched = "" if e.batch_invariant else "-batched"
-        self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{length}{batched}"
+        self.name = f"ce-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{length}{SUFFIX[e._policy]}"
         self.identity = (
             f"cross-encoder|{files}|len={e.max_length}|{self.dtype}|act={activation}"
-            f"|{'invariant' if e.batch_invariant else 'batched'}|{'packed' if e.packed else 'padded'}"
-            f"|code={scoring_code('engine')}"
+            f"|{e.batching}|{'packed' if e.packed else 'padded'}"
+            f"|code={scoring_code(*CROSS_ENCODER_CODE)}"
             f"|env={environment(device=e.device)}"
         )
         self.settings = {
+            "batching": e.batching,
             "max_length": e.max_length,
             "model_max_length": e.declared_max_length,
             "dtype": self.dtype,

@@ -1,8 +1,8 @@
 """What the local-model families built on transformers share (``causal_lm``, ``seq2seq``): a model loaded by
-Hugging Face id or folder under the cross-encoders' dtype and device policy (``engine.pick_dtype``), identical
-inputs scored once, length-sorted batches under a token budget with the engine's own cut (``engine._batches``) or
-one input a forward (batch invariance, the default: a score never depends on what it was scored with), padding on
-the side the family needs, and one progress bar. A family says how a (query, document) pair becomes token ids and
+Hugging Face id or folder under the cross-encoders' dtype and device policy (``scoring.models.pick_dtype``), identical
+inputs scored once, batches by the engine's batching policy (``scoring.batching``: fixed-shape length buckets by
+default, so a score never depends on what it was scored with; one input a forward; or the throughput mode's
+length-sorted batches under a token budget), padding on the side the family needs, and one progress bar. A family says how a (query, document) pair becomes token ids and
 how a padded batch becomes one score per row; see the README's "Adding a reranker family".
 """
 
@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..engine import _batches, _progress, _singles, dtype_name, load_error, pick_device, pick_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..provenance import environment, hub_snapshot, model_identity, scoring_code
+from ..scoring.batching import SUFFIX, bucket_batches, bucket_tokens, policy, singles, throughput_batches
+from ..scoring.models import dtype_name, load_error, pick_device, pick_dtype
+from ..scoring.runtimes import _progress
 from ..types import Doc, Query
 
 FIELD = re.compile(r"\{(\w+)\}")  # a prompt's fields: {query}, {document}...
@@ -32,9 +34,11 @@ class LocalModel:
         loader: the transformers auto class that loads it.
         revision: the hub revision (recorded in ``files``).
         device, dtype: as for cross-encoders (fp32 by default; ``auto``: bf16 where the hardware has it).
-        batch_invariant: one input a forward; False pads many under ``batch_tokens`` (faster; scores then move
-            with batch composition by float rounding).
-        batch_tokens: the token budget of one padded batch (rows times longest); None: 4096 on CPU, 65536 on CUDA.
+        batch_invariant: true (default): fixed-shape length buckets (``scoring.batching``), a score independent of
+            its batch mates; ``single``: one input a forward; false: length-sorted batches under ``batch_tokens``
+            (faster; scores then move with batch composition by float rounding).
+        batch_tokens: the token budget of one padded batch in the throughput mode (rows times width); None: 4096
+            on CPU, 65536 on CUDA. The default's buckets take ``scoring.batching.bucket_tokens``.
         padding_side: ``left`` for a decoder read at its last position, ``right`` for an encoder.
         architecture: the suffix the checkpoint's declared architecture must have (``ForCausalLM``...): another
             kind of checkpoint is refused, not scored through a head it was never trained with.
@@ -47,7 +51,7 @@ class LocalModel:
         revision: str | None = None,
         device: str = "auto",
         dtype: str = "fp32",
-        batch_invariant: bool = True,
+        batch_invariant: bool | str = True,
         batch_tokens: int | None = None,
         padding_side: str = "left",
         architecture: str = "",
@@ -78,7 +82,8 @@ class LocalModel:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
-        self.batch_invariant = bool(batch_invariant)
+        self.policy = policy(batch_invariant)
+        self.batch_invariant = self.policy != "throughput"
         cuda = self.device.startswith("cuda")
         self.batch_tokens = int(batch_tokens or (65536 if cuda else 4096))
         self.min_fill = 0.0 if cuda else 0.7
@@ -106,32 +111,42 @@ class LocalModel:
             return np.zeros(0, dtype=np.float32)
         unique = list(dict.fromkeys(tuple(s) for s in inputs))
         lengths = np.fromiter((len(s) for s in unique), dtype=np.int64, count=len(unique))
-        order = np.argsort(-lengths, kind="stable")
-        if self.batch_invariant:
-            cuts = _singles(len(order))
-        else:
-            cuts = _batches(lengths[order], self.batch_tokens, self.min_fill)
         scores = np.empty(len(unique), dtype=np.float32)
         bar = _progress(len(unique), progress, desc)
         with torch.inference_mode():
-            for a, b in cuts:
-                idx = order[a:b]
-                width = int(lengths[idx[0]])
-                ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for row, i in enumerate(idx):
+            for idx, width, rows in self._batches(lengths):
+                filled = np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))])  # a bucket's filler rows
+                ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((rows, width), dtype=np.int64)
+                for row, i in enumerate(filled):
                     n = int(lengths[i])
                     cols = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
                     ids[row, cols] = unique[i]
                     mask[row, cols] = 1
                 out = forward(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
-                scores[idx] = out.float().cpu().numpy()
+                scores[idx] = out[: len(idx)].float().cpu().numpy()
                 if bar:
                     bar.update(len(idx))
         if bar:
             bar.close()
         where = {s: i for i, s in enumerate(unique)}
         return scores[[where[tuple(s)] for s in inputs]]
+
+    @property
+    def batching(self) -> str:
+        """``buckets`` (the invariant default), ``single`` or ``throughput``."""
+        return "buckets" if self.policy == "invariant" else self.policy
+
+    def _batches(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+        """``(indices, width, rows)`` of each forward under the batching policy."""
+        if self.policy == "invariant":
+            return bucket_batches(lengths, bucket_tokens(self.device))
+        order = np.argsort(-lengths, kind="stable")
+        if self.policy == "single":
+            cuts = singles(len(order))
+        else:
+            cuts = throughput_batches(lengths[order], self.batch_tokens, self.min_fill)
+        return [(order[a:b], int(lengths[order[a]]), b - a) for a, b in cuts]
 
 
 def shared_model(
@@ -165,14 +180,19 @@ class AnswerReranker:
         settings of a reranker whose prompt is ``recipe``."""
         lm = self.lm
         self.dtype, self.device, self.batch_invariant = lm.dtype, lm.device, lm.batch_invariant
-        batched = "" if lm.batch_invariant else "-batched"
-        self.name = f"{prefix}-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{batched}"
+        self.name = f"{prefix}-{model.rstrip('/').rsplit('/', 1)[-1]}-{self.dtype}{SUFFIX[lm.policy]}"
         self.identity = (
             f"{family}|{lm.files}|prompt={hashlib.sha256(recipe.encode()).hexdigest()[:12]}|{score}"
-            f"|len={self.max_length}|{self.dtype}|{'invariant' if lm.batch_invariant else 'batched'}"
-            f"|code={scoring_code(module, 'rerankers/local', 'engine')}|env={environment(device=lm.device)}"
+            f"|len={self.max_length}|{self.dtype}|{lm.batching}"
+            f"|code={scoring_code(module, 'rerankers/local', 'scoring/models', 'scoring/batching')}"
+            f"|env={environment(device=lm.device)}"
         )
-        self.settings = {"max_length": self.max_length, "dtype": self.dtype, "score": score}
+        self.settings = {
+            "max_length": self.max_length,
+            "dtype": self.dtype,
+            "score": score,
+            "batching": lm.batching,
+        }
 
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         ids = self.pair_ids([(query.text, d.full_text) for d in docs])

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import Dataset
-from ..engine import MINILM_ID, shared_bi_encoder
 from ..errors import ConfigError, DataError, check_whole
 from ..paths import cache_root
 from ..provenance import scoring_code
 from ..ranking import top_k
+from ..scoring.bi_encoder import BI_ENCODER_CODE, shared_bi_encoder
+from ..scoring.models import MINILM_ID
 from ..types import Doc, Query, Ranking, ScoredDoc
 
 log = logging.getLogger("rerank_eval")
@@ -60,7 +61,7 @@ class DenseRetriever:
         max_length: int | None = None,
         query_prefix: str = "",
         doc_prefix: str = "",
-        batch_invariant: bool = True,
+        batch_invariant: bool | str = True,
         storage: str = "fp32",
         search: str = "exact",
         hnsw_m: int = 32,
@@ -110,7 +111,7 @@ class DenseRetriever:
     def _folder(self, dataset: Dataset) -> tuple[Path, str]:
         key = (
             f"{self._vectors()}|corpus={dataset.corpus_fingerprint}"
-            f"|code={scoring_code('engine', 'retrievers/dense')}"  # a code change encodes again
+            f"|code={scoring_code(*BI_ENCODER_CODE, 'retrievers/dense')}"  # a code change encodes again
         )
         return cache_root() / "dense" / hashlib.sha256(key.encode()).hexdigest()[:20], key
 

@@ -1,0 +1,1 @@
+"""The local scoring backend: how inputs are grouped into forwards (``batching``)."""
