@@ -97,6 +97,7 @@ def test_holm_and_pareto():
     assert pareto_front([(10, 0.5), (20, 0.4), (5, 0.3), (50, 0.7)]) == [2, 0, 3]
 
 
+@pytest.mark.slow  # ~60 s, the suite's slowest; make test resumes a sweep in tests/test_hydra_use.py
 def test_resume_after_sigkill_matches_an_uninterrupted_sweep(tmp_path):
     args = [*DL19_CE, "candidates=5,10", "top_k=5"]
     # the uninterrupted sweep, in its own store and cache

@@ -70,8 +70,9 @@ def bucket_tokens(device: str) -> int:
 
 
 def rows_for(width: int, budget: int) -> int:
-    """Rows of every ``buckets`` batch of this width: the budget's rows rounded down to a multiple of 8, at least 8."""
-    return max(8, budget // width // 8 * 8)
+    """Rows of every ``buckets`` batch of this width: the budget's rows rounded down to a multiple of 8, at least 8;
+    one row past 512 tokens, where seven filler rows would cost more than batching saves."""
+    return budget // width // 8 * 8 or (8 if width <= 512 else 1)
 
 
 def pack_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:

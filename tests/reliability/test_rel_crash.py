@@ -161,7 +161,7 @@ def kill_points(scenario: str, n: int, seed: int, tmp_path: Path) -> dict:
 @pytest.mark.parametrize(
     "scenario, n",
     [
-        pytest.param("job", 1, marks=pytest.mark.slow),  # `make test` kills a sweep in tests/test_sweeps.py
+        pytest.param("job", 1, marks=pytest.mark.slow),  # with tests/test_sweeps.py's killed sweep: make test-all
         pytest.param("job", 14, marks=pytest.mark.slow),
         pytest.param("sweep", 10, marks=pytest.mark.slow),
     ],
