@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
 from ..provenance import environment, hub_snapshot, model_identity, scoring_code
-from ..scoring.batching import SUFFIX, bucket_batches, bucket_tokens, fit_width, policy
+from ..scoring.batching import SUFFIX, bucket_batches, bucket_tokens, fit_width, policy, with_fillers
 from ..scoring.models import dtype_name, pick_device, pick_dtype
 from ..types import Doc, Query
 
@@ -263,15 +263,13 @@ class ColBERTReranker:
         import torch
 
         ids, mask, keep = self._ids(texts, is_query)
-        lengths = mask.sum(dim=1).numpy() if not is_query else np.full(len(texts), ids.shape[1])
         out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(texts)
-        cap = self.format.query_length if is_query else self.format.doc_length
-        # a query is scored alone, in one forward of its own shape
-        batches = (
-            [(np.arange(len(texts)), ids.shape[1], len(texts))] if is_query else self._batches(lengths, cap)
-        )
+        if is_query:  # a query is scored alone, in one forward of its own shape
+            batches = [(np.arange(len(texts)), ids.shape[1], len(texts))]
+        else:
+            batches = self._batches(mask.sum(dim=1).numpy(), self.format.doc_length)
         for idx, width, rows in batches:
-            take = torch.from_numpy(np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))]))
+            take = torch.from_numpy(with_fillers(idx, rows))
             b_ids, b_mask = (
                 fit_width(ids[take], width, self.tokenizer.pad_token_id),
                 fit_width(mask[take], width, 0),

@@ -1,9 +1,10 @@
 """What the local-model families built on transformers share (``causal_lm``, ``seq2seq``): a model loaded by
-Hugging Face id or folder under the cross-encoders' dtype and device policy (``scoring.models.pick_dtype``), identical
-inputs scored once, batches by the engine's batching policy (``scoring.batching``: fixed-shape length buckets by
-default, so a score never depends on what it was scored with; one input a forward; or the throughput mode's
-length-sorted batches under a token budget), padding on the side the family needs, and one progress bar. A family says how a (query, document) pair becomes token ids and
-how a padded batch becomes one score per row; see the README's "Adding a reranker family".
+Hugging Face id or folder under the cross-encoders' dtype and device policy (``scoring.models.pick_dtype``),
+identical inputs scored once, batches by the engine's batching policy (``scoring.batching``: fixed-shape length
+buckets by default, so a score never depends on what it was scored with; one input a forward; or the throughput
+mode's length-sorted batches under a token budget), padding on the side the family needs, and one progress bar. A
+family says how a (query, document) pair becomes token ids and how a padded batch becomes one score per row; see
+the README's "Adding a reranker family".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
 from ..provenance import environment, hub_snapshot, model_identity, scoring_code
-from ..scoring.batching import SUFFIX, bucket_batches, bucket_tokens, policy, singles, throughput_batches
+from ..scoring.batching import SUFFIX, bucket_batches, bucket_tokens, policy, sorted_batches, with_fillers
 from ..scoring.models import dtype_name, load_error, pick_device, pick_dtype
 from ..scoring.runtimes import _progress
 from ..types import Doc, Query
@@ -115,7 +116,7 @@ class LocalModel:
         bar = _progress(len(unique), progress, desc)
         with torch.inference_mode():
             for idx, width, rows in self._batches(lengths):
-                filled = np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))])  # a bucket's filler rows
+                filled = with_fillers(idx, rows)
                 ids = np.full((rows, width), self.pad_id, dtype=np.int64)
                 mask = np.zeros((rows, width), dtype=np.int64)
                 for row, i in enumerate(filled):
@@ -141,12 +142,8 @@ class LocalModel:
         """``(indices, width, rows)`` of each forward under the batching policy."""
         if self.policy == "invariant":
             return bucket_batches(lengths, bucket_tokens(self.device))
-        order = np.argsort(-lengths, kind="stable")
-        if self.policy == "single":
-            cuts = singles(len(order))
-        else:
-            cuts = throughput_batches(lengths[order], self.batch_tokens, self.min_fill)
-        return [(order[a:b], int(lengths[order[a]]), b - a) for a, b in cuts]
+        cuts = sorted_batches(lengths, self.policy == "single", self.batch_tokens, self.min_fill)
+        return [(idx, int(lengths[idx[0]]), len(idx)) for idx in cuts]
 
 
 def shared_model(

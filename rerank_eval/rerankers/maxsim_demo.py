@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..provenance import scoring_code
-from ..scoring.batching import bucket_batches, bucket_tokens, fit_width
+from ..scoring.batching import bucket_batches, bucket_tokens, fit_width, with_fillers
 from ..scoring.bi_encoder import BiEncoder
 from ..scoring.models import MINILM_ID
 from ..types import Doc, Query
@@ -66,7 +66,7 @@ class MaxSimDemoReranker:
         else:
             batches = bucket_batches(lengths, bucket_tokens(self.device), cap=max_length)
         for idx, width, rows in batches:
-            take = torch.from_numpy(np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))]))
+            take = torch.from_numpy(with_fillers(idx, rows))
             feed = {
                 k: fit_width(v[take], width, tok.pad_token_id if k == "input_ids" else 0)
                 for k, v in enc.items()

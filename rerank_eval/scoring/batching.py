@@ -119,9 +119,18 @@ def fit_width(tensor, width: int, fill):
     return torch.cat([tensor, pad], dim=1)
 
 
-def singles(n: int) -> list[tuple[int, int]]:
-    """One input a forward: the ``single`` policy."""
-    return [(i, i + 1) for i in range(n)]
+def with_fillers(idx: np.ndarray, rows: int) -> np.ndarray:
+    """A bucket batch's row indices: ``idx``, then copies of its first to make ``rows`` rows."""
+    return np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))])
+
+
+def sorted_batches(lengths: np.ndarray, single: bool, budget: int, min_fill: float = 0.0) -> list[np.ndarray]:
+    """Indices of each forward, longest first, under ``single`` (one a forward) or the throughput mode
+    (``throughput_batches``)."""
+    order = np.argsort(-lengths, kind="stable")
+    if single:
+        return [order[i : i + 1] for i in range(len(order))]
+    return [order[a:b] for a, b in throughput_batches(lengths[order], budget, min_fill)]
 
 
 def throughput_batches(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..provenance import environment, model_identity
-from .batching import bucket_width, pack_blocks, policy, singles, throughput_batches
+from .batching import bucket_width, pack_blocks, policy, sorted_batches
 from .models import dtype_name, load_error, pick_device, pick_dtype, resolve_model
 from .runtimes import _block, _mean_pooled_bert, _PackedBert, _progress, _to_device
 from .tokens import _ascii_tokenizer, _layout, _plain_fast_tokenizer, _tokenize, _truncation_probes
@@ -171,10 +171,7 @@ class BiEncoder:
         """The texts of each forward under the batching policy."""
         if self.batching == "blocks":
             return pack_blocks(lengths, self.block_tokens)
-        order = np.argsort(-lengths, kind="stable")
-        if self.batching == "single":
-            return [order[a:b] for a, b in singles(len(order))]
-        return [order[a:b] for a, b in throughput_batches(lengths[order], self.batch_tokens, self.min_fill)]
+        return sorted_batches(lengths, self.batching == "single", self.batch_tokens, self.min_fill)
 
     def _encode_packed(self, texts: list[str], progress: bool) -> np.ndarray:
         import torch
@@ -192,16 +189,16 @@ class BiEncoder:
                     count=int(lengths[idx].sum()),
                 )
                 cu, row, pos = _layout(lengths[idx])
-                tokens = np.stack([flat, np.zeros_like(flat), row, pos])
-                extra = ()
+                feed = {"tokens": np.stack([flat, np.zeros_like(flat), row, pos]), "cu": cu}
+                feed["width"] = int(lengths[idx].max())
                 if self.batching == "blocks":
-                    tokens, cu_all, groups = _block(tokens, cu, self.block_tokens, self._pad)
-                    extra = (_to_device(torch, cu_all, self.device), _to_device(torch, groups, self.device))
-                tokens = _to_device(torch, tokens, self.device)
-                width = int(np.diff(cu_all).max()) if extra else int(lengths[idx].max())
-                x = self._body(tokens, _to_device(torch, cu, self.device), width, *extra)
+                    feed.update(_block(feed["tokens"], cu, self.block_tokens, self._pad))
+                feed = {k: _to_device(torch, v, self.device) for k, v in feed.items()}
+                x = self._body(**feed)
                 sums = torch.zeros(len(idx) + 1, x.shape[1], dtype=torch.float32, device=x.device)
-                sums.index_add_(0, tokens[2], x.float())  # a block's padding adds to the extra last row
+                sums.index_add_(
+                    0, feed["tokens"][2], x.float()
+                )  # a block's padding adds to the extra last row
                 mean = sums[:-1] / torch.from_numpy(lengths[idx]).to(x.device)[:, None]
                 out[idx] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
                 if bar:

@@ -19,8 +19,8 @@ from .batching import (
     bucket_width,
     pack_blocks,
     policy,
-    singles,
-    throughput_batches,
+    sorted_batches,
+    with_fillers,
 )
 from .models import declared_max_length, load_error, pick_device, pick_dtype, resolve_model
 from .runtimes import _block, _is_plain_bert, _PackedBert, _progress, _to_device
@@ -355,16 +355,11 @@ class CrossEncoderEngine:
         if self.batching == "buckets":
             out = []
             for idx, width, rows in bucket_batches(lengths, bucket_tokens(self.device), self.max_length):
-                filled = np.concatenate([idx, np.repeat(idx[:1], rows - len(idx))])
-                out.append((idx + offset, self._padded_feed(*enc, filled, width)))
+                out.append((idx + offset, self._padded_feed(*enc, with_fillers(idx, rows), width)))
             return out
-        order = np.argsort(-lengths, kind="stable")
-        if self.batching == "single":
-            cuts = singles(len(order))
-        else:
-            cuts = throughput_batches(lengths[order], self.batch_tokens, self.min_fill)
+        cuts = sorted_batches(lengths, self.batching == "single", self.batch_tokens, self.min_fill)
         feed = self._packed_feed if self.packed else self._padded_feed
-        return [(order[a:b] + offset, feed(*enc, order[a:b], int(lengths[order[a]]))) for a, b in cuts]
+        return [(idx + offset, feed(*enc, idx, int(lengths[idx[0]]))) for idx in cuts]
 
     def _packed_feed(self, ids, types, cu, lengths, idx, width: int) -> dict:
         take = np.concatenate([np.arange(cu[i], cu[i + 1]) for i in idx])
@@ -378,11 +373,7 @@ class CrossEncoderEngine:
 
     def _block_feed(self, ids, types, cu, lengths, idx) -> dict:
         feed = self._packed_feed(ids, types, cu, lengths, idx, int(lengths[idx].max()))
-        feed["tokens"], feed["cu_all"], feed["groups"] = _block(
-            feed["tokens"], feed["cu"], self.block_tokens, self.pad_id
-        )
-        feed["width"] = int(np.diff(feed["cu_all"]).max())  # the padding is a sequence too
-        return feed
+        return {**feed, **_block(feed["tokens"], feed["cu"], self.block_tokens, self.pad_id)}
 
     def _forward_padded(self, input_ids, attention_mask, token_type_ids=None):
         """The model's own forward on a padded batch; logits of the one label."""

@@ -123,9 +123,10 @@ def _attention(torch, varlen, cu, row, pos, width: int):
     return padded
 
 
-def _block(tokens: np.ndarray, cu: np.ndarray, size: int, pad_id: int):
-    """A packed row filled with padding to ``size`` tokens (ids ``pad_id``, positions 0, its own sequence), the
-    offsets including the padding's, and the attention groups: for each length bucket of the row's sequences,
+def _block(tokens: np.ndarray, cu: np.ndarray, size: int, pad_id: int) -> dict:
+    """The packed runtime's inputs for a block: ``tokens`` filled with padding to ``size`` (ids ``pad_id``,
+    positions 0, its own sequence), ``cu_all`` (the offsets including the padding's), ``width`` (the longest
+    sequence, the padding counted) and the attention ``groups``: for each length bucket of the row's sequences,
     the token index of each (sequence, slot) padded to the bucket's width and which slots are real."""
     n, lengths = tokens.shape[1], np.diff(cu)
     block = np.zeros((4, size), dtype=np.int64)
@@ -139,7 +140,7 @@ def _block(tokens: np.ndarray, cu: np.ndarray, size: int, pad_id: int):
         slots = np.arange(width)[None, :]
         keep = slots < lengths[seqs][:, None]
         groups.append((np.where(keep, cu[seqs][:, None] + slots, 0), keep))
-    return block, cu_all, groups
+    return {"tokens": block, "cu_all": cu_all, "width": int(np.diff(cu_all).max()), "groups": groups}
 
 
 def _block_attention(torch, varlen, cu_all, groups, width: int):
