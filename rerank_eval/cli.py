@@ -65,10 +65,13 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @contextlib.contextmanager
-def job_threads(threads: int | None):
-    """Run the job's torch, OpenMP and MKL work on this many threads (None: leave the defaults), and give the
-    process its own settings back after it. Torch reads the variables when it loads; a sweep's later jobs find
-    it loaded and are set directly."""
+def job_threads(threads: int | str | None):
+    """Run the job's torch, OpenMP and MKL work on this many threads (None: leave the defaults; ``auto``: the cores
+    other processes leave idle, ``threads.resolve_threads``), and give the process its own settings back after it.
+    Torch reads the variables when it loads; a sweep's later jobs find it loaded and are set directly."""
+    from .threads import resolve_threads
+
+    threads = resolve_threads(threads)
     if threads is None:
         yield
         return

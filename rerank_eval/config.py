@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RerankEvalError, check_whole, did_you_mean
+from .errors import ConfigError, RerankEvalError, did_you_mean
 from .evaluation import parse_metrics
 from .job.spec import CONFIG_KEYS, JobSpec, check_options
 
@@ -124,8 +124,21 @@ def build_components(cfg: Any) -> Components:
     check_no_secrets(cfg)
     dataset = build(cfg.dataset, "dataset")
     retriever = build(cfg.retriever, "retriever")
-    reranker = build(cfg.reranker, "reranker") if cfg.reranker is not None else None
-    return Components(dataset, retriever, reranker)
+    return Components(dataset, retriever, build_reranker(cfg.reranker))
+
+
+def build_reranker(node: Any) -> Any:
+    """The reranker a config node describes, under its document policy (``reranker.long_docs``: ``truncate``,
+    or ``passages`` with ``passage_tokens``, ``stride`` and ``aggregate``; ``scoring.passages``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from .scoring.passages import split_long_docs, with_long_docs
+
+    if node is None:
+        return None
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    base, policy = split_long_docs(plain)
+    return with_long_docs(build(base, "reranker"), **policy)
 
 
 def resolved_config(cfg: Any) -> dict:
@@ -196,12 +209,20 @@ def check_config(cfg: Any) -> dict:
         if not isinstance((plain.get(section) or {}).get(key, True), bool):
             raise ConfigError(f"{flag} must be true or false, got {plain[section][key]!r}")
     threads = plain.get("threads")
-    if threads is not None:
-        check_whole("threads", threads, 1)
+    if threads not in (None, "auto") and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
+        raise ConfigError(f"threads must be auto, null or a whole number >= 1, got {threads!r}")
     job_options(plain)
     check_no_secrets(plain)
-    for group in ("dataset", "retriever", "reranker"):
+    for group in ("dataset", "retriever"):
         _check_targets(plain.get(group), group)
+    if isinstance(plain.get("reranker"), Mapping):
+        from .scoring.passages import check_policy, split_long_docs
+
+        base, policy = split_long_docs(plain["reranker"])
+        _check_targets(base, "reranker")
+        check_policy(**policy)
     return plain
 
 

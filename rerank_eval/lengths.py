@@ -51,7 +51,10 @@ def candidate_lengths(
 ) -> dict[str, Lengths]:
     """Token counts of each query's candidates (``ranking``: query_id -> hits) as the reranker sees them; each
     distinct text is tokenized once. ``fallback_tokenizer`` counts them for rerankers without a tokenizer of
-    their own (nothing is cut, nothing counted as sent)."""
+    their own (nothing is cut, nothing counted as sent). A reranker that scores passages sees a document's
+    tokens less those its passages lost to their cuts, and is sent every passage's pair."""
+    if getattr(reranker, "passages", None) is not None:
+        return _passage_lengths(reranker, queries, ranking, docs)
     found = tokenizer_of(reranker) if reranker is not None else None
     tok, max_length, pair = found if found is not None else (fallback_tokenizer, None, False)
     ids = sorted({h.doc_id for hits in ranking.values() for h in hits})
@@ -76,4 +79,25 @@ def candidate_lengths(
             kept = np.minimum(full, max_length - special)
             query = min(ql, max_length - special) + special
             out[q] = Lengths(full, kept, int(kept.sum() + len(hits) * special + query))
+    return out
+
+
+def _passage_lengths(reranker, queries: dict[str, str], ranking: dict[str, list], docs: dict[str, Doc]):
+    """``candidate_lengths`` of a ``scoring.passages.PassageReranker``, counted by its base over the passages."""
+    from .types import ScoredDoc
+
+    out = {}
+    for q, hits in ranking.items():
+        units, owner = reranker.passages([docs[h.doc_id] for h in hits])
+        ids = [f"{k}" for k in range(len(units))]
+        sub = candidate_lengths(
+            reranker.base,
+            None,
+            {q: queries[q]},
+            {q: [ScoredDoc(i, 0.0) for i in ids]},
+            dict(zip(ids, units, strict=True)),
+        )[q]
+        full = count_tokens(reranker.tokenizer, [docs[h.doc_id].full_text for h in hits])
+        lost = np.bincount(owner, weights=sub.full - sub.kept, minlength=len(hits)).astype(np.int64)
+        out[q] = Lengths(full, np.maximum(full - lost, 0), sub.sent)
     return out

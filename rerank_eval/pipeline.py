@@ -39,8 +39,10 @@ class PipelineResult:
     index_s: float = 0.0
     retrieval_s: float = 0.0  # the first stage's wall time over all queries
     rerank_s: float = 0.0  # the reranking loop's wall time (cache lookups included)
-    pairs_scored: int = 0
+    pairs_scored: int = 0  # (query, passage) pairs for a reranker that scores passages
     pairs_cached: int = 0
+    passages: int = 0  # passages cut from the reranked documents (reranker.long_docs=passages), all queries
+    passage_docs: int = 0  # the documents they were cut from
     failed: dict[str, str] = field(default_factory=dict)  # query_id -> why its reranking failed
 
 
@@ -117,6 +119,10 @@ def run_pipeline(
             f"{dataset.name}: {len(empty)} queries have no text, e.g. {empty[:3]}; give them text or remove "
             "their judgements"
         )
+    # a reranker that scores passages refuses, before any work, a query that leaves a pair no room for one
+    check = getattr(reranker, "check_queries", None)
+    if check is not None:
+        check(queries)
     t0 = time.perf_counter()
     retriever.index(dataset)
     result = PipelineResult({}, {}, {}, index_s=time.perf_counter() - t0)
@@ -157,11 +163,13 @@ def _rerank(
     """Score every query's candidates (cached scores reused), and time the calls that scored a query's whole
     candidate list fresh: the only latency a job can claim as measured at its own depth. With ``query_batch`` > 1
     and a reranker that has ``score_many``, that many queries' pairs go in one call (full batches for a GPU);
-    such calls are not timed, so the job's latency comes from the probe."""
+    such calls are not timed, so the job's latency comes from the probe. A reranker that scores passages has them
+    scored (and cached) by its base reranker, and each document's score aggregated from them."""
     texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
     if not reranker.pointwise:
         cache = None  # a listwise score depends on the other documents: never reuse it across lists
-    many = getattr(reranker, "score_many", None) if query_batch > 1 else None
+    scorer = reranker.base if getattr(reranker, "passages", None) is not None else reranker
+    many = getattr(scorer, "score_many", None) if query_batch > 1 else None
     step = query_batch if many is not None else 1
     t0 = time.perf_counter()
     with _bar(len(queries), f"rerank {reranker.name}", progress) as bar:
@@ -172,18 +180,17 @@ def _rerank(
             todo = [j for j in jobs if j.todo]
             try:
                 if many is not None:
-                    outs = many([(j.query, [j.docs[i] for i in j.todo]) for j in todo]) if todo else []
+                    outs = many([(j.query, [j.units[i] for i in j.todo]) for j in todo]) if todo else []
                 else:
                     outs = []
                     for j in todo:
-                        hits_before = _internal_hits(reranker)
+                        hits_before = _internal_hits(scorer)
                         t = time.perf_counter()
-                        outs.append(reranker.score(j.query, [j.docs[i] for i in j.todo]))
+                        outs.append(scorer.score(j.query, [j.units[i] for i in j.todo]))
                         ms = (time.perf_counter() - t) * 1e3
-                        if len(j.todo) == len(j.docs) and _internal_hits(reranker) == hits_before:
-                            result.rerank_ms[j.query.query_id] = (
-                                ms  # the whole list, fresh, one call: measured
-                            )
+                        if len(j.todo) == len(j.units) and _internal_hits(scorer) == hits_before:
+                            # the whole list, fresh, one call (and its passages' cut): measured
+                            result.rerank_ms[j.query.query_id] = ms + j.cut_ms
             except RerankerCallError as e:
                 for j in jobs:
                     result.failed[j.query.query_id] = str(e)
@@ -201,36 +208,50 @@ def _rerank(
                 j.fill(fresh, cache)
             for j in jobs:
                 result.pairs_scored += len(j.todo)
-                result.pairs_cached += len(j.docs) - len(j.todo)
-                result.reranked[j.query.query_id] = cut([h.doc_id for h in j.hits], j.scores)
+                result.pairs_cached += len(j.units) - len(j.todo)
+                if j.owner is not None:
+                    result.passages += len(j.units)
+                    result.passage_docs += len(j.docs)
+                result.reranked[j.query.query_id] = cut([h.doc_id for h in j.hits], j.doc_scores())
             bar.update(len(jobs))
     result.rerank_s = time.perf_counter() - t0
 
 
 class _Job:
-    """One query's candidates: their cached scores, and which are still to score."""
+    """One query's candidates as the reranker scores them (the documents, or their passages: ``units``), the
+    units' cached scores, and which are still to score. Passage scores are cached under the base reranker's
+    identity, keyed by the passage's text."""
 
     def __init__(self, query: Query, hits, texts, reranker: Reranker, cache: ScoreCache | None):
         self.query, self.hits, self.reranker = query, hits, reranker
         self.docs = [texts[h.doc_id] for h in hits]
-        self.full = [d.full_text for d in self.docs]
-        cached = cache.get(reranker.identity, query.text, self.full) if cache is not None else {}
+        split = getattr(reranker, "passages", None)
+        t = time.perf_counter()
+        self.units, self.owner = split(self.docs) if split is not None else (self.docs, None)
+        self.cut_ms = (time.perf_counter() - t) * 1e3
+        self.scorer = reranker.base if split is not None else reranker
+        self.full = [d.full_text for d in self.units]
+        cached = cache.get(self.scorer.identity, query.text, self.full) if cache is not None else {}
         keys = [text_key(t) for t in self.full]
         self.todo = [i for i, k in enumerate(keys) if k not in cached]
         self.scores = np.array([cached.get(k, 0.0) for k in keys], dtype=np.float32)
 
     def fill(self, fresh, cache: ScoreCache | None) -> None:
         if len(fresh) != len(self.todo):
-            raise RuntimeError(
-                f"{self.reranker.name} returned {len(fresh)} scores for {len(self.todo)} documents"
-            )
+            raise RuntimeError(f"{self.scorer.name} returned {len(fresh)} scores for {len(self.todo)} inputs")
         fresh = np.asarray(fresh, dtype=np.float32)
-        _check_finite(self.reranker, self.query, fresh, [self.hits[i].doc_id for i in self.todo])
+        _check_finite(self.scorer, self.query, fresh, [self.units[i].doc_id for i in self.todo])
         self.scores[self.todo] = fresh
         if cache is not None:
             cache.put(
-                self.reranker.identity, self.query.text, [self.full[i] for i in self.todo], fresh.tolist()
+                self.scorer.identity, self.query.text, [self.full[i] for i in self.todo], fresh.tolist()
             )
+
+    def doc_scores(self) -> np.ndarray:
+        """One score per candidate: its own, or its passages' aggregate."""
+        if self.owner is None:
+            return self.scores
+        return self.reranker.combine(self.scores, self.owner, len(self.docs))
 
 
 def _internal_hits(reranker: Reranker) -> float:
@@ -281,10 +302,12 @@ def probe_latency(
     texts = dataset.docs(sorted({d.doc_id for q in sample for d in result.first_stage[q.query_id]}))
     usage = getattr(reranker, "usage", None)
     before = dict(usage.counts) if usage is not None else {}
-    timings, worst = {}, 0.0
+    timings, worst, pairs = {}, 0.0, 0
+    split = getattr(reranker, "passages", None)
     fresh_calls = getattr(reranker, "uncached", contextlib.nullcontext)  # the reranker's own caches bypassed
     for q in sample:
         hits = result.first_stage[q.query_id]
+        pairs += len(split([texts[h.doc_id] for h in hits])[0]) if split is not None else len(hits)
         used = {d.doc_id: d.score for d in result.reranked[q.query_id]}
         with fresh_calls():  # each call computes everything itself, as the first call of a process would
             t = time.perf_counter()
@@ -304,8 +327,7 @@ def probe_latency(
         usage.counts.update(before)
         result.probe.update({f"probe_{k}": v for k, v in spent.items()})
     result.rerank_ms, result.latency_source = timings, "probe" if timings else "none"
-    pairs = float(sum(len(result.first_stage[q.query_id]) for q in sample))
-    result.probe.update(probe_queries=float(len(sample)), probe_pairs=pairs, probe_max_abs_diff=worst)
+    result.probe.update(probe_queries=float(len(sample)), probe_pairs=float(pairs), probe_max_abs_diff=worst)
     if worst > 0 and getattr(reranker, "batch_invariant", False):
         raise RerankEvalError(
             f"{reranker.name}: scores computed now differ from the cached ones by up to {worst:.3g} for the same "

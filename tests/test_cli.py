@@ -197,3 +197,49 @@ def test_a_jobs_threads_are_set_for_the_job_and_given_back_after_it(monkeypatch)
     assert os.environ["OMP_NUM_THREADS"] == "2" and "MKL_NUM_THREADS" not in os.environ
     with job_threads(None):  # null: the process's own settings, untouched
         assert torch.get_num_threads() == before
+
+
+def test_auto_threads_leave_other_processes_their_cores():
+    from rerank_eval.threads import auto_threads
+
+    assert [auto_threads(2, b) for b in (0.0, 0.4, 0.6, 1.0, 1.9, 2.0, 5.0)] == [2, 2, 1, 1, 1, 1, 1]
+    assert auto_threads(16, 2.4) == 14
+    from test_trust import TINY_CE, compose
+
+    from rerank_eval.config import check_config
+    from rerank_eval.errors import ConfigError
+
+    assert check_config(compose(*TINY_CE))["threads"] == "auto"  # the default
+    with pytest.raises(ConfigError, match="threads must be auto, null or a whole number >= 1, got 'some'"):
+        check_config(compose(*TINY_CE, "threads=some"))
+
+
+def test_auto_threads_measure_a_competing_process(monkeypatch):
+    """Two busy processes beside the job: ``threads=auto`` gives the job what they leave, at least one core."""
+    import torch
+
+    from rerank_eval.cli import job_threads
+    from rerank_eval.threads import busy_cores, resolve_threads
+
+    cores = len(os.sched_getaffinity(0))
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        import time
+
+        time.sleep(0.3)  # both running
+        found = busy_cores(0.2)
+        assert found is not None and found[0] == cores and found[1] >= 1.5
+        before = torch.get_num_threads()
+        with job_threads("auto"):
+            assert 1 <= torch.get_num_threads() <= max(1, cores - 1)  # on this 2-core CPU: one
+        assert torch.get_num_threads() == before
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    # nothing else busy: torch's own default (None leaves it); all but one core busy: one thread
+    monkeypatch.setattr("rerank_eval.threads.busy_cores", lambda window_s=0.1: (2, 0.2))
+    assert resolve_threads("auto") is None
+    monkeypatch.setattr("rerank_eval.threads.busy_cores", lambda window_s=0.1: (2, 1.8))
+    assert resolve_threads("auto") == 1
+    assert resolve_threads(3) == 3 and resolve_threads(None) is None

@@ -15,6 +15,7 @@ from rerank_eval.config import conf_dir
 from rerank_eval.errors import BackendUnavailableError, ConfigError
 from rerank_eval.rerankers.causal_lm import CausalLMReranker
 from rerank_eval.rerankers.seq2seq import Seq2SeqReranker
+from rerank_eval.scoring.passages import split_long_docs
 from rerank_eval.types import Doc, Query
 
 ROWS = [
@@ -150,7 +151,7 @@ def config(name, **overrides):
         base = OmegaConf.load(conf_dir() / "reranker" / "causal_lm.yaml")
         cfg = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k != "defaults"})
     args = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
-    return {**args, **overrides}
+    return {**split_long_docs(args)[0], **overrides}  # the document policy is the config layer's, not theirs
 
 
 def ours(reranker, pairs):

@@ -19,7 +19,14 @@ from rerank_eval.analysis import ceiling, judgements, ties, truncation
 from rerank_eval.evaluation import parse_metrics
 from rerank_eval.report import JobRecord, write_report
 from rerank_eval.report.diff import changes, read_trec
-from rerank_eval.report.tables import between_frame, knees, length_buckets
+from rerank_eval.report.tables import (
+    between_frame,
+    cost_table,
+    knees,
+    length_buckets,
+    length_table,
+    truncated_sibling,
+)
 from rerank_eval.types import Doc, ScoredDoc
 
 NDCG10 = parse_metrics(["ndcg@10"])[0]
@@ -335,6 +342,29 @@ def test_delta_by_document_length_buckets():
     assert b["delta"].tolist() == pytest.approx([0.1, 0.0, -0.1, -0.2])
     assert b["tokens"].tolist() == ["10–20", "100–110", "300–310", "600–620"]
     assert b["truncated"].tolist() == pytest.approx([0, 0, 0.25, 1])
+
+
+def test_passages_jobs_are_compared_with_the_same_reranker_under_truncation_by_length():
+    first = np.array([0.5] * 8)
+    truncate = record("t", "ce-len256", first + 0.1, first)
+    gain = np.array([0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.2, 0.4])
+    maxp = record("p", "ce-len256-p128s32-max", first + 0.1 + gain, first)
+    other = record("o", "bi", first, first, candidates=50)  # other candidates: no sibling
+    for r in (truncate, maxp, other):
+        r.per_query["doc_tokens"] = [10, 20, 100, 110, 300, 310, 600, 620]
+        r.per_query["relevant_truncated"] = [0, 0, 0, 0, 0, 0.5, 1, 1]
+    assert truncated_sibling(maxp, [truncate, maxp, other]) is truncate
+    assert truncated_sibling(truncate, [truncate, maxp]) is None
+    b = length_buckets(maxp, truncated=truncate)
+    assert b["vs_truncated"].tolist() == pytest.approx([0.0, 0.05, 0.1, 0.3])
+    table = length_table([truncate, maxp, other])
+    assert table.splitlines()[0].endswith("| Δ nDCG@10 vs truncation |")
+    assert "| d | bm25 | ce-len256-p128s32-max | 100 | 600–620 | 2 | +0.4000 | 100% | +0.3000 |" in table
+    assert "| d | bm25 | ce-len256 | 100 | 600–620 | 2 | +0.1000 | 100% | n/a |" in table
+    maxp.counts = {"pairs_scored": 2000.0, "pairs_cached": 500.0, "passages_per_doc": 3.125}
+    assert "| d | bm25 | ce-len256-p128s32-max | 100 | n/a | n/a | 2,500 (3.12 passages/doc) |" in cost_table(
+        [maxp]
+    )
 
 
 # -- per-query diffs -------------------------------------------------------------------------------------------

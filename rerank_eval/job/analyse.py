@@ -104,6 +104,8 @@ def _counts(spec: JobSpec, ranked: Ranked, ev: Evaluation, wall_s: float, usage)
         "wall_s": wall_s,
         **res.probe,
     }
+    if res.passage_docs:  # the documents the passages came from, counted at every depth of a shared pass
+        counts["passages_per_doc"] = res.passages / res.passage_docs
     if spec.reranker is not None and not shared:
         counts["rerank_s"] = res.rerank_s
         if res.pairs_scored and res.rerank_s > 0:

@@ -176,7 +176,9 @@ def _ties(records) -> list[str]:
     if lengths:
         lines += [
             "Change by document length: queries in quartiles of the mean token length of their relevant "
-            "candidates; a reranker that truncates long documents loses on the long ones.",
+            "candidates; a reranker that truncates long documents loses on the long ones. A reranker that scores "
+            "passages (reranker.long_docs=passages) sees every token; its last column is its change against the same "
+            "reranker under truncation, query by query.",
             "",
             lengths,
         ]

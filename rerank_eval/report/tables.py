@@ -5,6 +5,7 @@ ties and truncation, cost, the depth knee, and comparisons between rerankers."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -294,14 +295,19 @@ def tie_table(records: Sequence[JobRecord]) -> str:
     return _md(head, rows) if rows else ""
 
 
-def length_buckets(record: JobRecord, buckets: int = 4) -> pd.DataFrame:
+def length_buckets(record: JobRecord, buckets: int = 4, truncated: JobRecord | None = None) -> pd.DataFrame:
     """The reranker's change in nDCG@10 by the length of each query's relevant candidates (quantile buckets of
-    ``doc_tokens``): queries, token range, mean change, share of relevant candidates truncated."""
+    ``doc_tokens``): queries, token range, mean change, share of relevant candidates truncated; and, given the
+    same reranker's job under truncation (``truncated``, for a job that scores passages), the mean change against
+    it (``vs_truncated``)."""
     pq = record.per_query
     if "doc_tokens" not in pq or pq["doc_tokens"].notna().sum() < buckets:
         return pd.DataFrame()
     sub = pq[pq["doc_tokens"].notna()]
     delta = sub[f"reranked.{HEADLINE}"] - sub[f"first_stage.{HEADLINE}"]
+    against = np.nan * delta
+    if truncated is not None:
+        against = sub[f"reranked.{HEADLINE}"] - truncated.per_query[f"reranked.{HEADLINE}"].reindex(sub.index)
     cut = pd.qcut(sub["doc_tokens"].rank(method="first"), buckets, labels=False)
     rows = []
     for b in range(buckets):
@@ -313,17 +319,35 @@ def length_buckets(record: JobRecord, buckets: int = 4) -> pd.DataFrame:
                 "queries": int(m.sum()),
                 "delta": float(delta[m].mean()),
                 "truncated": float(sub["relevant_truncated"][m].mean()),
+                "vs_truncated": float(against[m].mean()),
             }
         )
     return pd.DataFrame(rows)
 
 
+PASSAGES = re.compile(r"-p\d+s\d+-(max|first|sum|mean)$")  # a reranker's name when it scores passages
+
+
+def truncated_sibling(record: JobRecord, records: Sequence[JobRecord]) -> JobRecord | None:
+    """For a job that scores passages, the same reranker's job under truncation on the same candidates."""
+    base = PASSAGES.sub("", record.reranker)
+    if base == record.reranker:
+        return None
+    key = (record.dataset, record.first_stage_name, record.candidates)
+    return next(
+        (r for r in records if r.reranker == base and (r.dataset, r.first_stage_name, r.candidates) == key),
+        None,
+    )
+
+
 def length_table(records: Sequence[JobRecord]) -> str:
     rows = []
-    for r in distinct_jobs(records):
+    jobs = distinct_jobs(records)
+    passages = any(truncated_sibling(r, jobs) is not None for r in jobs)
+    for r in jobs:
         if r.reranker == "none":
             continue
-        for _, b in length_buckets(r).iterrows():
+        for _, b in length_buckets(r, truncated=truncated_sibling(r, jobs)).iterrows():
             rows.append(
                 [
                     *_label(r),
@@ -331,10 +355,13 @@ def length_table(records: Sequence[JobRecord]) -> str:
                     b["queries"],
                     _num(b["delta"], ".4f", True),
                     _num(b["truncated"], ".0%"),
+                    *([_num(b["vs_truncated"], ".4f", True)] if passages else []),
                 ]
             )
     head = ["dataset", "first stage", "reranker", "candidates", "relevant docs' tokens (quartile)", "queries",
             "Δ nDCG@10", "relevant docs truncated"]  # fmt: skip
+    if passages:
+        head.append("Δ nDCG@10 vs truncation")
     return _md(head, rows) if rows else ""
 
 
@@ -347,12 +374,15 @@ def cost_table(records: Sequence[JobRecord]) -> str:
         c, lat, timed = r.cost, r.latency, r.latency_source in ("measured", "probe")
         mark = " ᵖ" if r.latency_source == "probe" else ""
         usd = r.counts.get("api_cost_usd_per_1k_queries")
+        pairs = f"{r.counts.get('pairs_scored', 0) + r.counts.get('pairs_cached', 0):,.0f}"
+        if "passages_per_doc" in r.counts:  # (query, passage) pairs
+            pairs += f" ({r.counts['passages_per_doc']:.2f} passages/doc)"
         rows.append(
             [
                 *_label(r),
                 f"{lat['reranker_ms_p50']:.1f}{mark}" if timed and "reranker_ms_p50" in lat else "n/a",
                 f"{lat['reranker_ms_p95']:.1f}{mark}" if timed and "reranker_ms_p95" in lat else "n/a",
-                f"{r.counts.get('pairs_scored', 0) + r.counts.get('pairs_cached', 0):,.0f}",
+                pairs,
                 f"{c['tokens_sent']:,.0f}" if "tokens_sent" in c else "n/a",
                 _num(c.get("device_s_per_1k_queries", np.nan), ".1f"),
                 f"{usd:.2f}" if usd else "n/a",

@@ -49,6 +49,14 @@ class BiEncoderReranker:
         self._hits = 0
 
     @property
+    def tokenizer(self):
+        return self.encoder.model.tokenizer
+
+    def document_room(self, query: str) -> int:
+        """Document tokens one encoding holds (the query is encoded apart)."""
+        return self.encoder.model.max_seq_length - len(self.tokenizer("")["input_ids"])
+
+    @property
     def internal_hits(self) -> int:
         """Documents whose embedding came from this process's memo: a call that used one is not timed."""
         return self._hits

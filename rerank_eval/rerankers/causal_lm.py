@@ -130,6 +130,15 @@ class CausalLMReranker(AnswerReranker):
             out.append(head + [t for p in parts for t in p])
         return out
 
+    def document_room(self, query: str) -> int:
+        """Document tokens the counted segments hold beside ``query`` before the document's segment is cut."""
+        texts = [fill(s.text, query=query, document="", instruction=self.instruction) for s in self.segments]
+        ids = self.lm.encode(texts, add_special_tokens=False)
+        used = int(self.bos) + sum(
+            len(ids[t][: s.max_tokens]) for t, s in zip(texts, self.segments, strict=True) if s.counted
+        )
+        return self.max_length - used
+
     def _forward(self, input_ids, attention_mask):
         out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
         return yes_no_score(out.logits[:, -1], self.yes, self.no, self.score_mode)

@@ -224,6 +224,10 @@ class ColBERTReranker:
             f"code={scoring_code('rerankers/colbert', 'scoring/batching')}|env={environment(device=self.device)}"
         )
 
+    def document_room(self, query: str) -> int:
+        """Document tokens a document encoding holds (``document_length`` less the marker and special tokens)."""
+        return self.format.doc_length - int(self._ids([""], False)[0].shape[1])
+
     def _ids(self, texts: Sequence[str], is_query: bool):
         """Token ids and attention masks as the checkpoint's library builds them."""
         import torch

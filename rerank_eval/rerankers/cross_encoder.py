@@ -72,6 +72,20 @@ class CrossEncoderReranker:
         self.device = e.device
         self.batch_invariant = e.batch_invariant  # a fresh score must equal a cached one bit for bit
 
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def document_room(self, query: str) -> int:
+        """Document tokens a pair with ``query`` holds before its cut (``max_length`` less the query's and the
+        special tokens)."""
+        tok = self.engine.tokenizer
+        return (
+            self.max_length
+            - len(tok(query, add_special_tokens=False)["input_ids"])
+            - tok.num_special_tokens_to_add(True)
+        )
+
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         # every call tokenizes its own texts, as a service would: nothing a timing measures was done before
         self.engine._store.clear()

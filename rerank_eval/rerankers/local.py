@@ -191,6 +191,15 @@ class AnswerReranker:
             "batching": lm.batching,
         }
 
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    def document_room(self, query: str) -> int:
+        """Document tokens a prompt with ``query`` holds before its cut (``max_length`` less the prompt with an
+        empty document)."""
+        return self.max_length - len(self.pair_ids([(query, "")])[0])
+
     def score(self, query: Query, docs: Sequence[Doc]) -> list[float]:
         ids = self.pair_ids([(query.text, d.full_text) for d in docs])
         return self.lm.run(ids, self._forward).tolist()

@@ -52,6 +52,14 @@ class MaxSimDemoReranker:
             f"|code={scoring_code('rerankers/maxsim_demo', 'scoring/batching')}"
         )
 
+    @property
+    def tokenizer(self):
+        return self.encoder.model.tokenizer
+
+    def document_room(self, query: str) -> int:
+        """Document tokens kept of a document (``doc_max_length`` less the special tokens)."""
+        return self.doc_max_length - len(self.tokenizer("")["input_ids"])
+
     def _tokens(self, texts: Sequence[str], max_length: int, alone: bool = False) -> list[np.ndarray]:
         """Unit last-layer vectors of each text's tokens ([CLS] and [SEP] too), cut to ``max_length``; ``alone``:
         one text (a query) in one forward of its own shape."""
