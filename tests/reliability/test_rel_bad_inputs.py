@@ -177,7 +177,7 @@ CASES = [
         "top_k must be a positive integer, got 'ten'",
     ),
     Case(
-        "threads out of range", lambda t: [*TINY_NONE, "threads=0"], 2, "threads must be a whole number >= 1"
+        "threads out of range", lambda t: [*TINY_NONE, "threads=0"], 2, "threads must be auto, null or a whole number >= 1"
     ),
     Case(
         "flag of the wrong type",
