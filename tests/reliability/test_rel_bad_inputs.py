@@ -520,7 +520,12 @@ def _full_disk(monkeypatch):
     monkeypatch.setattr(files, "open", full_open, raising=False)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.kind for c in CASES])
+SLOW_CASES = {"huge document (4 MB, accepted: truncated to max_length)"}  # ~22 s: make test-all
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.kind, marks=[pytest.mark.slow] if c.kind in SLOW_CASES else []) for c in CASES]
+)
 def test_bad_input(case, tmp_path, monkeypatch):
     from emulators import AnthropicEmulator, CohereEmulator
 
