@@ -168,8 +168,7 @@ def _rerank(
     texts = dataset.docs(sorted({d.doc_id for hits in result.first_stage.values() for d in hits}))
     if not reranker.pointwise:
         cache = None  # a listwise score depends on the other documents: never reuse it across lists
-    scorer = reranker.base if getattr(reranker, "passages", None) is not None else reranker
-    many = getattr(scorer, "score_many", None) if query_batch > 1 else None
+    many = getattr(_units_of(reranker)[1], "score_many", None) if query_batch > 1 else None
     step = query_batch if many is not None else 1
     t0 = time.perf_counter()
     with _bar(len(queries), f"rerank {reranker.name}", progress) as bar:
@@ -184,11 +183,11 @@ def _rerank(
                 else:
                     outs = []
                     for j in todo:
-                        hits_before = _internal_hits(scorer)
+                        hits_before = _internal_hits(j.scorer)
                         t = time.perf_counter()
-                        outs.append(scorer.score(j.query, [j.units[i] for i in j.todo]))
+                        outs.append(j.scorer.score(j.query, [j.units[i] for i in j.todo]))
                         ms = (time.perf_counter() - t) * 1e3
-                        if len(j.todo) == len(j.units) and _internal_hits(scorer) == hits_before:
+                        if len(j.todo) == len(j.units) and _internal_hits(j.scorer) == hits_before:
                             # the whole list, fresh, one call (and its passages' cut): measured
                             result.rerank_ms[j.query.query_id] = ms + j.cut_ms
             except RerankerCallError as e:
@@ -225,11 +224,10 @@ class _Job:
     def __init__(self, query: Query, hits, texts, reranker: Reranker, cache: ScoreCache | None):
         self.query, self.hits, self.reranker = query, hits, reranker
         self.docs = [texts[h.doc_id] for h in hits]
-        split = getattr(reranker, "passages", None)
+        split, self.scorer = _units_of(reranker)
         t = time.perf_counter()
         self.units, self.owner = split(self.docs) if split is not None else (self.docs, None)
         self.cut_ms = (time.perf_counter() - t) * 1e3
-        self.scorer = reranker.base if split is not None else reranker
         self.full = [d.full_text for d in self.units]
         cached = cache.get(self.scorer.identity, query.text, self.full) if cache is not None else {}
         keys = [text_key(t) for t in self.full]
@@ -252,6 +250,13 @@ class _Job:
         if self.owner is None:
             return self.scores
         return self.reranker.combine(self.scores, self.owner, len(self.docs))
+
+
+def _units_of(reranker: Reranker):
+    """(what cuts a document into the units the reranker scores, what scores each unit): a passage reranker's
+    ``passages`` and its base, else (None, the reranker itself: its units are the documents)."""
+    split = getattr(reranker, "passages", None)
+    return (split, reranker.base) if split is not None else (None, reranker)
 
 
 def _internal_hits(reranker: Reranker) -> float:
@@ -303,7 +308,7 @@ def probe_latency(
     usage = getattr(reranker, "usage", None)
     before = dict(usage.counts) if usage is not None else {}
     timings, worst, pairs = {}, 0.0, 0
-    split = getattr(reranker, "passages", None)
+    split = _units_of(reranker)[0]
     fresh_calls = getattr(reranker, "uncached", contextlib.nullcontext)  # the reranker's own caches bypassed
     for q in sample:
         hits = result.first_stage[q.query_id]
