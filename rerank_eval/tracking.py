@@ -240,7 +240,15 @@ class Tracker:
             source_type="ir_datasets" if irds else "local",
             source=json.dumps({"id": source.removeprefix("irds:")} if irds else {"uri": source}),
         )
-        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+        try:
+            self.client.log_inputs(run_id, inputs)
+        except Exception as e:  # noqa: BLE001 - MLflow's type differs by store; the retry decides
+            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e):
+                raise
+            # parallel jobs of a sweep: MLflow looks the dataset up, then inserts it, so a job that logs the
+            # same new dataset at the same moment loses the insert; the row is there now and the retry uses it
+            self.client.log_inputs(run_id, inputs)
 
     def log_reused(self, run_id: str, parent_run_id: str) -> str:
         """A child of ``parent_run_id`` standing for the finished run ``run_id`` that a resumed sweep reused: its

@@ -209,10 +209,8 @@ out = {
     "docs": irds.docs(ids) == local.docs(ids),
     "count": len(ids),
 }
-for name, ds in (("irds", irds), ("local", local)):
-    spec = job_spec(ds, BM25Retriever(), None, candidates=100, top_k=10, metrics=["ndcg@10"], progress=False)
-    res = run_job(spec, sys.argv[1] + "/" + name)
-    out[name] = res.metrics["ndcg@10"]
+spec = job_spec(irds, BM25Retriever(), None, candidates=100, top_k=10, metrics=["ndcg@10"], progress=False)
+out["ndcg@10"] = run_job(spec, sys.argv[1] + "/irds").metrics["ndcg@10"]
 print(json.dumps(out))
 """
 
@@ -220,7 +218,7 @@ print(json.dumps(out))
 def test_the_ir_datasets_id_loads_offline_from_a_prepared_home_and_scores_as_the_local_folder(tmp_path):
     """ir_datasets fed the file its download step writes (``<IR_DATASETS_HOME>/beir/scifact/source.zip``, here
     built from ../shared/data/scifact) loads ``beir/scifact/test`` without the network, through its own code:
-    the same queries, qrels and documents as the BEIR folder, and the same BM25 nDCG@10."""
+    the same queries, qrels and documents as the BEIR folder, and the BM25 nDCG@10 the folder gives."""
     import os
     import subprocess
     import sys
@@ -245,5 +243,6 @@ def test_the_ir_datasets_id_loads_offline_from_a_prepared_home_and_scores_as_the
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["kind"] == "IrDatasetsDataset" and got["count"] == 5183
     assert got["queries"] and got["qrels"] and got["docs"]
-    assert got["irds"] == got["local"] == pytest.approx(0.6762, abs=5e-5)  # BM25 on SciFact, as the bench
+    # the same data, so BM25 gives the local folder's figure (the bench's, and test_retrievers' own job)
+    assert got["ndcg@10"] == pytest.approx(0.6762, abs=5e-5)
     assert (home / "beir" / "scifact" / "docs.pklz4").is_dir()  # ir_datasets built its own docstore

@@ -135,7 +135,8 @@ def test_the_maxsim_demo_does_not_depend_on_its_company_and_equals_the_librarys_
     from rerank_eval.rerankers.maxsim_demo import MaxSimDemoReranker
 
     rr = MaxSimDemoReranker(dtype=dtype, batch_size=5)
-    assert_invariant(rr, company)
+    query, own, others = company  # half the company: eight-row buckets of its many widths cost the most here
+    assert_invariant(rr, (query, own[:6], others[:6]))
     texts = [d.full_text for d in company[1][:3]]
     st = rr.encoder.model
     st.max_seq_length = 180

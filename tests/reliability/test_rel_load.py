@@ -69,3 +69,40 @@ def test_sixteen_jobs_two_workers_one_cache_one_store(tmp_path):
         "cache_rows": rows,
         "pairs_scored_by_jobs": int(scored),
     }
+
+
+def _log_dataset_at_once(uri, barrier, results, worker):
+    from rerank_eval.tracking import Tracker
+
+    tracker = Tracker("race", uri)
+    for round_ in range(3):
+        run_id = tracker.start_run(f"w{worker}r{round_}")
+        barrier.wait()
+        try:
+            tracker.log_dataset(run_id, "scifact", f"{round_}" * 36, "/data/scifact", "eval")
+            results.put("ok")
+        except Exception as e:  # the failure is the finding: report it to the test, not a traceback
+            results.put(f"{type(e).__name__}: {str(e)[:120]}")
+
+
+def test_parallel_jobs_logging_one_new_dataset_all_succeed(tmp_path):
+    """MLflow looks a dataset up and then inserts it; four jobs logging the same new dataset at one moment (a
+    parallel sweep's first jobs) all succeed, and the store holds it once per digest with every run's input."""
+    import multiprocessing
+
+    from rerank_eval.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    Tracker("race", uri)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    workers = [ctx.Process(target=_log_dataset_at_once, args=(uri, barrier, results, w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=120) for _ in range(12)]
+    for w in workers:
+        w.join(timeout=60)
+    assert outcomes == ["ok"] * 12
+    with sqlite3.connect(tmp_path / "mlruns.db") as db:
+        assert db.execute("select count(*) from datasets").fetchone()[0] == 3
+        assert db.execute("select count(*) from inputs").fetchone()[0] == 12
